@@ -1,0 +1,211 @@
+//! Configuration, loaded and checked once at start-up.
+//!
+//! Every problem is reported as one line naming the variable, and secrets are held in
+//! [`SecretString`] so that neither `Debug` nor a log line can show them.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+
+use crate::supabase::ServiceKey;
+use crate::twilio::PublicUrl;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error("{0} is not set")]
+    Missing(&'static str),
+    #[error("{var} is invalid: {reason}")]
+    Invalid { var: &'static str, reason: String },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The primary auth token first; a secondary one while a token is being rotated.
+    pub auth_tokens: Vec<SecretString>,
+    pub account_sid: Option<String>,
+    pub public_url: PublicUrl,
+    pub supabase_url: String,
+    pub service_key: ServiceKey,
+    pub host: IpAddr,
+    pub port: u16,
+    pub spool_dir: PathBuf,
+    /// How long a webhook may wait for Supabase before its message is spooled instead.
+    pub deadline: Duration,
+    pub log_format: LogFormat,
+}
+
+impl Config {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Reads the configuration through `lookup`, so tests need not touch the process environment.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let get = |var: &'static str| lookup(var).filter(|v| !v.trim().is_empty());
+        let required = |var: &'static str| get(var).ok_or(ConfigError::Missing(var));
+        let invalid = |var: &'static str, reason: &dyn std::fmt::Display| ConfigError::Invalid {
+            var,
+            reason: reason.to_string(),
+        };
+
+        let mut auth_tokens = vec![token("TWILIO_AUTH_TOKEN", required("TWILIO_AUTH_TOKEN")?)?];
+        if let Some(secondary) = get("TWILIO_AUTH_TOKEN_SECONDARY") {
+            auth_tokens.push(token("TWILIO_AUTH_TOKEN_SECONDARY", secondary)?);
+        }
+
+        let account_sid = match get("TWILIO_ACCOUNT_SID") {
+            Some(sid) if sid.starts_with("AC") && sid.len() == 34 => Some(sid),
+            Some(_) => {
+                return Err(invalid("TWILIO_ACCOUNT_SID", &"expected AC followed by 32 hex digits"))
+            }
+            None => None,
+        };
+
+        let public_url = PublicUrl::parse(&required("PUBLIC_URL")?)
+            .map_err(|reason| invalid("PUBLIC_URL", &reason))?;
+
+        let supabase_url = required("SUPABASE_URL")?;
+        let parsed = url::Url::parse(&supabase_url).map_err(|e| invalid("SUPABASE_URL", &e))?;
+        if !matches!(parsed.scheme(), "http" | "https") || parsed.host().is_none() {
+            return Err(invalid("SUPABASE_URL", &"expected an http(s) URL such as https://xyz.supabase.co"));
+        }
+        let supabase_url = supabase_url.trim_end_matches('/').to_owned();
+
+        let service_key = ServiceKey::parse(&required("SUPABASE_SERVICE_ROLE_KEY")?)
+            .map_err(|reason| invalid("SUPABASE_SERVICE_ROLE_KEY", &reason))?;
+
+        let host = match get("HOST") {
+            Some(h) => h.parse().map_err(|e| invalid("HOST", &e))?,
+            None => IpAddr::from([0, 0, 0, 0]),
+        };
+        let port = match get("PORT") {
+            Some(p) => p.parse().map_err(|e| invalid("PORT", &e))?,
+            None => 8080,
+        };
+
+        let spool_dir = PathBuf::from(required("SPOOL_DIR")?);
+
+        let deadline = match get("INGEST_DEADLINE_MS") {
+            Some(ms) => {
+                let ms: u64 = ms.parse().map_err(|e| invalid("INGEST_DEADLINE_MS", &e))?;
+                // Conversations gives a webhook 5 s in all; the answer must be on the wire before that.
+                if !(200..=4_500).contains(&ms) {
+                    return Err(invalid("INGEST_DEADLINE_MS", &"must be between 200 and 4500"));
+                }
+                Duration::from_millis(ms)
+            }
+            None => Duration::from_millis(2_500),
+        };
+
+        let log_format = match get("LOG_FORMAT").as_deref() {
+            None | Some("pretty") | Some("text") => LogFormat::Pretty,
+            Some("json") => LogFormat::Json,
+            Some(other) => return Err(invalid("LOG_FORMAT", &format!("'{other}', expected json or pretty"))),
+        };
+
+        Ok(Config {
+            auth_tokens,
+            account_sid,
+            public_url,
+            supabase_url,
+            service_key,
+            host,
+            port,
+            spool_dir,
+            deadline,
+            log_format,
+        })
+    }
+}
+
+fn token(var: &'static str, value: String) -> Result<SecretString, ConfigError> {
+    // Auth tokens are 32 hex digits; anything else is almost certainly a pasted SID or key.
+    let value = value.trim().to_owned();
+    if value.len() < 8 || value.contains(char::is_whitespace) {
+        return Err(ConfigError::Invalid { var, reason: "does not look like a Twilio auth token".into() });
+    }
+    let secret = SecretString::from(value);
+    debug_assert!(!secret.expose_secret().is_empty());
+    Ok(secret)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    const SERVICE_JWT: &str = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJpc3MiOiJzdXBhYmFzZS1kZW1vIiwicm9sZSI6InNlcnZpY2Vfcm9sZSIsImV4cCI6MTk4MzgxMjk5Nn0.EGIM96RAZx35lJzdJsyH-qQwv8Hdp7fsn3W0YpN81IU";
+
+    fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let mut map: HashMap<String, String> = [
+            ("TWILIO_AUTH_TOKEN", "0123456789abcdef0123456789abcdef"),
+            ("PUBLIC_URL", "https://ingest.example.com"),
+            ("SUPABASE_URL", "https://abc.supabase.co"),
+            ("SUPABASE_SERVICE_ROLE_KEY", SERVICE_JWT),
+            ("SPOOL_DIR", "/data/spool"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        for (k, v) in pairs {
+            if v.is_empty() {
+                map.remove(*k);
+            } else {
+                map.insert(k.to_string(), v.to_string());
+            }
+        }
+        move |k| map.get(k).cloned()
+    }
+
+    #[test]
+    fn a_complete_environment_loads_with_defaults() {
+        let cfg = Config::from_lookup(env(&[])).unwrap();
+        assert_eq!(cfg.port, 8080);
+        assert_eq!(cfg.auth_tokens.len(), 1);
+        assert_eq!(cfg.deadline, Duration::from_millis(2_500));
+    }
+
+    #[test]
+    fn each_missing_variable_is_named() {
+        for var in ["TWILIO_AUTH_TOKEN", "PUBLIC_URL", "SUPABASE_URL", "SUPABASE_SERVICE_ROLE_KEY", "SPOOL_DIR"] {
+            let err = Config::from_lookup(env(&[(var, "")])).unwrap_err();
+            assert_eq!(err, ConfigError::Missing(var));
+            assert_eq!(err.to_string(), format!("{var} is not set"));
+        }
+    }
+
+    #[test]
+    fn malformed_values_name_their_variable() {
+        for (var, value) in [
+            ("PORT", "eighty"),
+            ("PUBLIC_URL", "ingest.example.com"),
+            ("SUPABASE_URL", "not a url"),
+            ("SUPABASE_SERVICE_ROLE_KEY", "sb_publishable_ACJWlzQHlZjBrEguHvfOxg_3BJgxAaH"),
+            ("TWILIO_ACCOUNT_SID", "XX123"),
+            ("INGEST_DEADLINE_MS", "60000"),
+            ("LOG_FORMAT", "xml"),
+            ("HOST", "localhost:80"),
+        ] {
+            let err = Config::from_lookup(env(&[(var, value)])).unwrap_err();
+            assert!(err.to_string().starts_with(&format!("{var} is invalid")), "{var}: {err}");
+        }
+    }
+
+    #[test]
+    fn debug_output_never_shows_a_secret() {
+        let cfg = Config::from_lookup(env(&[("TWILIO_AUTH_TOKEN_SECONDARY", "fedcba9876543210fedcba9876543210")]))
+            .unwrap();
+        let shown = format!("{cfg:?}");
+        assert!(!shown.contains("0123456789abcdef"), "{shown}");
+        assert!(!shown.contains("fedcba9876543210"), "{shown}");
+        assert!(!shown.contains("EGIM96RAZx35"), "{shown}");
+    }
+}

@@ -1,0 +1,45 @@
+//! Dead letters, for operators: list them, and re-drive them into `jobs` once their cause is fixed.
+
+use std::time::Duration;
+
+use crate::ingest::{classify, Classified};
+use crate::supabase::{DeadLetter, Error, Supabase};
+use crate::twilio::Params;
+
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Default)]
+pub struct ReplayReport {
+    /// Dead letters that are now jobs (or were already).
+    pub replayed: Vec<String>,
+    /// Dead letters that still cannot become jobs, with why.
+    pub still_failing: Vec<(String, String)>,
+}
+
+pub async fn pending(supabase: &Supabase, limit: usize) -> Result<Vec<DeadLetter>, Error> {
+    supabase.pending_dead_letters(limit, TIMEOUT).await
+}
+
+/// Replays up to `limit` pending dead letters, oldest first. Idempotent: a replayed letter is
+/// marked and not read again, and a MessageSid that already has a job does not get a second.
+pub async fn replay(supabase: &Supabase, limit: usize) -> Result<ReplayReport, Error> {
+    let mut report = ReplayReport::default();
+    for letter in supabase.pending_dead_letters(limit, TIMEOUT).await? {
+        let outcome = match letter.payload.as_object().map(Params::from_object) {
+            None => Err("the payload is not an object".to_owned()),
+            Some(params) => match classify(&params) {
+                Classified::Ignored => Ok(()),
+                Classified::Unusable(letter) => Err(letter.why.to_string()),
+                Classified::Job { job, .. } => {
+                    supabase.ingest_messages(&[&job], TIMEOUT).await.map(drop).map_err(|e| e.to_string())
+                }
+            },
+        };
+        supabase.mark_dead_letter(&letter.id, outcome.as_ref().map(|_| ()).map_err(String::as_str), TIMEOUT).await?;
+        match outcome {
+            Ok(()) => report.replayed.push(letter.id),
+            Err(why) => report.still_failing.push((letter.id, why)),
+        }
+    }
+    Ok(report)
+}

@@ -1,0 +1,110 @@
+//! Coalesces concurrent jobs into one REST round trip.
+//!
+//! No timer: a batch is whatever queued while the previous batches were in flight, so one
+//! message alone goes out at once and a burst shares round trips.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures_util::future::join_all;
+use serde_json::Value;
+use tokio::sync::{mpsc, oneshot, Semaphore};
+
+use super::{retry, Delivery, IngestError, Inner, Outcome};
+use crate::supabase::EncodedJob;
+
+pub(super) struct Pending {
+    pub job: EncodedJob,
+    pub payload: Value,
+    /// When the request must stop waiting for Supabase and spool instead.
+    pub until: Instant,
+    pub reply: oneshot::Sender<Result<Outcome, IngestError>>,
+}
+
+pub(super) async fn run(inner: Arc<Inner>, mut queue: mpsc::Receiver<Pending>) {
+    let in_flight = inner.settings.batches_in_flight;
+    let slots = Arc::new(Semaphore::new(in_flight));
+    loop {
+        let slot = slots.clone().acquire_owned().await.expect("the semaphore is never closed");
+        let Some(first) = queue.recv().await else { break };
+        let mut batch = Vec::with_capacity(inner.settings.max_batch);
+        batch.push(first);
+        while batch.len() < inner.settings.max_batch {
+            match queue.try_recv() {
+                Ok(pending) => batch.push(pending),
+                Err(_) => break,
+            }
+        }
+        metrics::histogram!("batch_size").record(batch.len() as f64);
+        let inner = inner.clone();
+        tokio::spawn(async move {
+            flush(&inner, batch).await;
+            drop(slot);
+        });
+    }
+    // The queue is closed: wait for the batches still in flight.
+    let _ = slots.acquire_many(in_flight as u32).await;
+}
+
+async fn flush(inner: &Inner, batch: Vec<Pending>) {
+    let until = batch.iter().map(|p| p.until).min().expect("a batch is never empty");
+    let jobs: Vec<(&EncodedJob, &Value)> = batch.iter().map(|p| (&p.job, &p.payload)).collect();
+    let deliveries = inner.write_jobs(&jobs, until).await;
+    // Spool every unwritten job at once so they share the spool's fsync.
+    let results = join_all(batch.iter().zip(deliveries).map(|(pending, delivery)| async move {
+        match delivery {
+            Delivery::Written(outcome) => Ok(outcome),
+            Delivery::Unwritten(why) => {
+                tracing::warn!(message_sid = %pending.job.message_sid, %why, "Supabase unavailable; spooling");
+                inner.spool_payload(&pending.payload).await.map(|()| Outcome::Spooled).map_err(IngestError::from)
+            }
+        }
+    }))
+    .await;
+    for (pending, result) in batch.into_iter().zip(results) {
+        let _ = pending.reply.send(result);
+    }
+}
+
+impl Inner {
+    /// Writes `jobs` in as few round trips as it can and says, for each in order, where it went.
+    ///
+    /// A batch that Supabase refuses for good is split in halves until the message at fault is
+    /// alone, so only it is dead-lettered and its neighbours are not punished.
+    pub(super) async fn write_jobs(&self, jobs: &[(&EncodedJob, &Value)], until: Instant) -> Vec<Delivery> {
+        let mut deliveries: Vec<Option<Delivery>> = jobs.iter().map(|_| None).collect();
+        let mut ranges = vec![0..jobs.len()];
+        while let Some(range) = ranges.pop() {
+            let chunk: Vec<&EncodedJob> = jobs[range.clone()].iter().map(|(job, _)| *job).collect();
+            match retry::until(until, |timeout| self.supabase.ingest_messages(&chunk, timeout)).await {
+                Ok(inserted) => {
+                    let mut inserted: HashSet<String> = inserted.into_iter().collect();
+                    for i in range {
+                        // The first of two identical MessageSids in one batch is the one that was inserted.
+                        let new = inserted.remove(&jobs[i].0.message_sid);
+                        let outcome = if new { Outcome::Ingested } else { Outcome::Duplicate };
+                        deliveries[i] = Some(Delivery::Written(outcome));
+                    }
+                }
+                Err(e) if e.is_transient() => {
+                    for i in range {
+                        deliveries[i] = Some(Delivery::Unwritten(e.to_string()));
+                    }
+                }
+                Err(_) if range.len() > 1 => {
+                    let mid = range.start + range.len() / 2;
+                    ranges.push(mid..range.end);
+                    ranges.push(range.start..mid);
+                }
+                Err(e) => {
+                    let (job, payload) = jobs[range.start];
+                    deliveries[range.start] = Some(
+                        self.dead_letter_with(payload, Some(&job.message_sid), e.to_string(), "rejected", until).await,
+                    );
+                }
+            }
+        }
+        deliveries.into_iter().map(|d| d.expect("every range is resolved")).collect()
+    }
+}

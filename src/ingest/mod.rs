@@ -1,0 +1,269 @@
+//! Ingest: turns a genuine webhook into a job, a dead letter, or a spooled record, and says which
+//! only once the message is durable in one of them.
+//!
+//! Jobs from concurrent requests are coalesced into one REST round trip (`batcher`); a refused
+//! batch is split to find the message at fault, which alone is dead-lettered; Supabase failures
+//! worth retrying are retried until the request's deadline (`retry`), then the message is spooled
+//! and replayed later (`replay`).
+
+mod batcher;
+mod replay;
+mod retry;
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::FutureExt as _;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use crate::spool::Spool;
+use crate::supabase::{EncodedJob, NewDeadLetter, NewJob, Supabase};
+use crate::twilio::{webhook, InboundMessage, Params, Unusable, Webhook};
+
+pub use replay::ReplayReport;
+
+/// Time kept back from a request's deadline for writing the spool if Supabase does not answer.
+const SPOOL_RESERVE: Duration = Duration::from_millis(250);
+
+/// Where a message ended up. Every variant but `Ignored` means it is durable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Ingested,
+    /// A job with this MessageSid already existed: a Twilio retry or re-send.
+    Duplicate,
+    DeadLettered,
+    Spooled,
+    /// Genuine, but not an inbound message; nothing to store.
+    Ignored,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Ingested => "ingested",
+            Outcome::Duplicate => "duplicate",
+            Outcome::DeadLettered => "dead_lettered",
+            Outcome::Spooled => "spooled",
+            Outcome::Ignored => "ignored",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    /// Supabase could not take the message and neither could the spool's disk.
+    #[error("the message could not be made durable anywhere: {0}")]
+    NotDurable(#[from] std::io::Error),
+}
+
+/// What a spool record holds: the params as received, from which everything else is derived again.
+#[derive(Serialize, Deserialize)]
+struct SpoolRecord {
+    payload: Value,
+}
+
+/// A signed message that cannot become a job, on its way to `dlq_jobs`.
+pub(crate) struct UnusableLetter {
+    payload: Value,
+    message_sid: Option<String>,
+    pub why: Unusable,
+}
+
+/// What a write to Supabase came to for one letter.
+enum Delivery {
+    Written(Outcome),
+    /// Supabase could not be reached in time, for the reason given; the letter must go to the spool.
+    Unwritten(String),
+}
+
+/// The tunables of ingest; the defaults are the production ones.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub deadline: Duration,
+    pub max_batch: usize,
+    pub batches_in_flight: usize,
+    pub queue_capacity: usize,
+    pub replay_interval: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            deadline: Duration::from_millis(2_500),
+            max_batch: 200,
+            batches_in_flight: 4,
+            queue_capacity: 8_192,
+            replay_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Ingestor {
+    inner: Arc<Inner>,
+    queue: mpsc::Sender<batcher::Pending>,
+}
+
+struct Inner {
+    supabase: Supabase,
+    spool: Spool,
+    settings: Settings,
+}
+
+/// The background tasks behind an [`Ingestor`]; [`Workers::shutdown`] drains them.
+pub struct Workers {
+    batcher: JoinHandle<()>,
+    replayer: JoinHandle<()>,
+    stop_replay: oneshot::Sender<()>,
+}
+
+impl Ingestor {
+    pub fn start(supabase: Supabase, spool: Spool, settings: Settings) -> (Ingestor, Workers) {
+        let inner = Arc::new(Inner { supabase, spool, settings });
+        let (queue, receiver) = mpsc::channel(inner.settings.queue_capacity);
+        let batcher = tokio::spawn(batcher::run(inner.clone(), receiver));
+        let (stop_replay, stopped) = oneshot::channel();
+        let replayer = tokio::spawn(replay::run(inner.clone(), stopped));
+        (Ingestor { inner, queue }, Workers { batcher, replayer, stop_replay })
+    }
+
+    /// Makes a genuine webhook durable and says where it went. `received` starts its deadline.
+    ///
+    /// Returns an error only if the message could not be written to Supabase nor to the spool.
+    pub async fn ingest(&self, params: &Params, received: Instant) -> Result<(Outcome, Option<InboundMessage>), IngestError> {
+        // A bug must not lose a message Twilio will not send again: if anything below panics, the
+        // params go to the spool as they are, and replay will meet the bug again later, not drop it.
+        match AssertUnwindSafe(self.ingest_inner(params, received)).catch_unwind().await {
+            Ok(result) => result,
+            Err(_) => {
+                tracing::error!("ingest panicked; spooling the message");
+                self.spool(&params.to_payload()).await?;
+                Ok((Outcome::Spooled, None))
+            }
+        }
+    }
+
+    async fn ingest_inner(&self, params: &Params, received: Instant) -> Result<(Outcome, Option<InboundMessage>), IngestError> {
+        let deadline = received + self.inner.settings.deadline;
+        let until = deadline.checked_sub(SPOOL_RESERVE).unwrap_or(deadline);
+        match classify(params) {
+            Classified::Ignored => Ok((Outcome::Ignored, None)),
+            Classified::Unusable(letter) => match self.inner.dead_letter(&letter, until).await {
+                Delivery::Written(outcome) => Ok((outcome, None)),
+                Delivery::Unwritten(_) => Ok((self.spool(&letter.payload).await?, None)),
+            },
+            Classified::Job { job, payload, message } => {
+                let (reply, answer) = oneshot::channel();
+                let pending = batcher::Pending { job, payload, until, reply };
+                let queued = tokio::time::timeout_at(until.into(), self.queue.send(pending)).await;
+                let answer = match queued {
+                    Ok(Ok(())) => tokio::time::timeout_at(deadline.into(), answer).await.ok().and_then(Result::ok),
+                    _ => None,
+                };
+                let outcome = match answer {
+                    Some(result) => result?,
+                    // The batcher is late or gone. It may still commit the job; replay then finds a duplicate.
+                    None => self.spool(&params.to_payload()).await?,
+                };
+                Ok((outcome, Some(message)))
+            }
+        }
+    }
+
+    async fn spool(&self, payload: &Value) -> Result<Outcome, IngestError> {
+        self.inner.spool_payload(payload).await?;
+        Ok(Outcome::Spooled)
+    }
+
+    pub fn spool_depth(&self) -> u64 {
+        self.inner.spool.depth()
+    }
+
+    /// Replays the spool once, now, instead of waiting for the background task.
+    pub async fn replay_spool(&self) -> ReplayReport {
+        replay::drain(&self.inner).await
+    }
+}
+
+impl Workers {
+    /// Stops taking work, finishes what was queued, and stops the replayer.
+    pub async fn shutdown(self, ingestor: Ingestor) {
+        drop(ingestor);
+        let _ = self.stop_replay.send(());
+        let _ = self.batcher.await;
+        let _ = self.replayer.await;
+    }
+}
+
+pub(crate) enum Classified {
+    Ignored,
+    Job { job: EncodedJob, payload: Value, message: InboundMessage },
+    Unusable(UnusableLetter),
+}
+
+/// What a genuine webhook is to become: nothing, a job, or a dead letter.
+pub(crate) fn classify(params: &Params) -> Classified {
+    let payload = params.to_payload();
+    match webhook::parse(params) {
+        Ok(Webhook::Ignored { event }) => {
+            tracing::debug!(%event, "not an inbound message");
+            Classified::Ignored
+        }
+        Ok(Webhook::Message(message)) => {
+            let job = NewJob {
+                message_sid: &message.message_sid,
+                user_phone: message.user_phone.as_str(),
+                first_name: message.first_name.as_deref(),
+                source_type: message.kind.as_str(),
+                source_channel_id: &message.channel,
+                content_type: message.content_type.as_str(),
+                payload: &payload,
+            }
+            .encode();
+            Classified::Job { job, payload, message }
+        }
+        Err(why) => {
+            let message_sid = webhook::message_sid(params).map(str::to_owned);
+            Classified::Unusable(UnusableLetter { payload, message_sid, why })
+        }
+    }
+}
+
+impl Inner {
+    async fn spool_payload(&self, payload: &Value) -> std::io::Result<()> {
+        let record = serde_json::to_vec(&SpoolRecord { payload: payload.clone() }).expect("JSON always serialises");
+        self.spool.append(record).await?;
+        metrics::gauge!("spool_depth").set(self.spool.depth() as f64);
+        Ok(())
+    }
+
+    /// Dead-letters one letter with `error`, retrying what is worth retrying until `until`.
+    async fn dead_letter_with(&self, payload: &Value, message_sid: Option<&str>, error: String, kind: &'static str, until: Instant) -> Delivery {
+        let letter = NewDeadLetter { message_sid: message_sid.map(str::to_owned), payload: payload.clone(), error, error_kind: kind };
+        let written = retry::until(until, |timeout| {
+            let letters = std::slice::from_ref(&letter);
+            async move { self.supabase.insert_dead_letters(letters, timeout).await }
+        })
+        .await;
+        match written {
+            Ok(()) => {
+                tracing::warn!(message_sid, error = %letter.error, kind, "dead-lettered");
+                metrics::counter!("dlq_inserts_total", "kind" => kind).increment(1);
+                Delivery::Written(Outcome::DeadLettered)
+            }
+            Err(e) => {
+                tracing::error!(message_sid, error = %e, "could not dead-letter");
+                Delivery::Unwritten(e.to_string())
+            }
+        }
+    }
+
+    async fn dead_letter(&self, letter: &UnusableLetter, until: Instant) -> Delivery {
+        self.dead_letter_with(&letter.payload, letter.message_sid.as_deref(), letter.why.to_string(), "unusable", until)
+            .await
+    }
+}

@@ -1,0 +1,118 @@
+//! Drains the spool into Supabase once it is reachable again, oldest first.
+//!
+//! Replay is idempotent: a job already written (the batcher may have committed it just after its
+//! request gave up waiting) is a duplicate, and a dead letter already written is not repeated. So a
+//! segment is removed only once all its records are written, and re-reading it after a crash halfway
+//! through does no harm.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
+
+use super::{classify, Classified, Delivery, Inner, SpoolRecord};
+use crate::spool::read_segment;
+use crate::twilio::Params;
+
+const CHUNK: usize = 200;
+/// How long one chunk of a replay may keep retrying before the replay stops and waits.
+const CHUNK_BUDGET: Duration = Duration::from_secs(10);
+const MAX_WAIT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ReplayReport {
+    /// Records written to `jobs` or `dlq_jobs` (or found there already).
+    pub replayed: usize,
+    /// Records still waiting in the spool.
+    pub remaining: u64,
+    /// Why the replay stopped early, if it did.
+    pub stalled: Option<String>,
+}
+
+pub(super) async fn run(inner: Arc<Inner>, mut stop: oneshot::Receiver<()>) {
+    let mut wait = inner.settings.replay_interval;
+    loop {
+        if inner.spool.depth() > 0 {
+            let report = drain(&inner).await;
+            if report.replayed > 0 || report.stalled.is_some() {
+                tracing::info!(replayed = report.replayed, remaining = report.remaining, stalled = report.stalled, "spool replay");
+            }
+            // Back off while Supabase stays away, so an outage is not hammered.
+            wait = if report.stalled.is_some() { (wait * 2).min(MAX_WAIT) } else { inner.settings.replay_interval };
+        }
+        tokio::select! {
+            _ = &mut stop => break,
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+pub(super) async fn drain(inner: &Inner) -> ReplayReport {
+    let mut report = ReplayReport::default();
+    let segments = match inner.spool.rotate().await {
+        Ok(segments) => segments,
+        Err(e) => {
+            report.stalled = Some(format!("cannot list the spool: {e}"));
+            report.remaining = inner.spool.depth();
+            return report;
+        }
+    };
+    'segments: for path in segments {
+        let segment = match read_segment(&path) {
+            Ok(segment) => segment,
+            Err(e) => {
+                report.stalled = Some(format!("cannot read {}: {e}", path.display()));
+                break;
+            }
+        };
+        if segment.torn_bytes > 0 {
+            tracing::warn!(segment = %path.display(), torn_bytes = segment.torn_bytes, "skipping a torn record at the end of a spool segment");
+        }
+        for chunk in segment.records.chunks(CHUNK) {
+            if let Err(why) = replay_chunk(inner, chunk).await {
+                report.stalled = Some(why);
+                break 'segments;
+            }
+            report.replayed += chunk.len();
+        }
+        if let Err(e) = inner.spool.remove(&segment) {
+            report.stalled = Some(format!("cannot remove {}: {e}", path.display()));
+            break;
+        }
+    }
+    report.remaining = inner.spool.depth();
+    metrics::gauge!("spool_depth").set(report.remaining as f64);
+    report
+}
+
+async fn replay_chunk(inner: &Inner, records: &[Vec<u8>]) -> Result<(), String> {
+    let until = Instant::now() + CHUNK_BUDGET;
+    let mut jobs = Vec::new();
+    let mut dead = Vec::new();
+    for record in records {
+        // A record that passed its checksum but is not ours to read can only come from another
+        // version; stop rather than drop it.
+        let record: SpoolRecord = serde_json::from_slice(record).map_err(|e| format!("unreadable spool record: {e}"))?;
+        let params = match record.payload.as_object() {
+            Some(object) => Params::from_object(object),
+            None => return Err("spool record payload is not an object".into()),
+        };
+        match classify(&params) {
+            Classified::Ignored => {}
+            Classified::Job { job, payload, .. } => jobs.push((job, payload)),
+            Classified::Unusable(letter) => dead.push(letter),
+        }
+    }
+    let jobs: Vec<_> = jobs.iter().map(|(job, payload)| (job, payload)).collect();
+    let mut deliveries = inner.write_jobs(&jobs, until).await;
+    for letter in &dead {
+        deliveries.push(inner.dead_letter(letter, until).await);
+    }
+    match deliveries.into_iter().find_map(|d| match d {
+        Delivery::Unwritten(why) => Some(why),
+        Delivery::Written(_) => None,
+    }) {
+        Some(why) => Err(why),
+        None => Ok(()),
+    }
+}

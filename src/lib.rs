@@ -1,0 +1,123 @@
+//! twilio-ingest: receives Twilio webhooks and turns each inbound message into a job in Supabase.
+//!
+//! `main.rs` parses the command line; everything else lives here so tests start the very same app.
+
+pub mod config;
+pub mod dlq;
+mod http;
+pub mod ingest;
+pub mod phone;
+pub mod spool;
+pub mod supabase;
+pub mod telemetry;
+pub mod twilio;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+
+pub use config::Config;
+pub use http::{BODY_LIMIT, WEBHOOK_PATH};
+
+use crate::ingest::{Ingestor, Settings, Workers};
+use crate::spool::Spool;
+use crate::supabase::Supabase;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot open the spool in SPOOL_DIR {dir}: {source}")]
+    Spool { dir: String, source: std::io::Error },
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+}
+
+/// The service, bound and ready to serve.
+pub struct Application {
+    listener: TcpListener,
+    router: axum::Router,
+    ingestor: Ingestor,
+    workers: Workers,
+    drain_limit: Duration,
+}
+
+impl Application {
+    pub async fn build(config: &Config) -> Result<Self, StartError> {
+        Self::build_with(config, Settings { deadline: config.deadline, ..Settings::default() }).await
+    }
+
+    pub async fn build_with(config: &Config, settings: Settings) -> Result<Self, StartError> {
+        let spool = Spool::open(&config.spool_dir)
+            .map_err(|source| StartError::Spool { dir: config.spool_dir.display().to_string(), source })?;
+        if spool.depth() > 0 {
+            tracing::warn!(depth = spool.depth(), "found spooled messages from an earlier run; replaying them");
+        }
+        let supabase = Supabase::new(&config.supabase_url, &config.service_key);
+        // Draining may take one deadline for requests in flight, then one for the batches they queued.
+        let drain_limit = settings.deadline * 2 + Duration::from_secs(1);
+        let (ingestor, workers) = Ingestor::start(supabase.clone(), spool, settings);
+        let addr = SocketAddr::new(config.host, config.port);
+        let listener = TcpListener::bind(addr).await.map_err(|source| StartError::Bind { addr, source })?;
+        let state = http::AppState {
+            ingestor: ingestor.clone(),
+            supabase,
+            verifier: Arc::new(http::Verifier {
+                public_url: config.public_url.clone(),
+                tokens: config.auth_tokens.clone(),
+                account_sid: config.account_sid.clone(),
+            }),
+            metrics: telemetry::metrics(),
+        };
+        Ok(Application { listener, router: http::router(state), ingestor, workers, drain_limit })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().expect("a bound listener has an address")
+    }
+
+    pub fn ingestor(&self) -> &Ingestor {
+        &self.ingestor
+    }
+
+    /// Serves until `shutdown` completes, then stops accepting, lets requests in flight finish,
+    /// and drains the batcher, all within a bounded time.
+    pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+        let Application { listener, router, ingestor, workers, drain_limit } = self;
+        let (stopping, stopped) = tokio::sync::oneshot::channel::<()>();
+        let signal = async move {
+            shutdown.await;
+            tracing::info!("shutting down: no new connections, finishing requests in flight");
+            let _ = stopping.send(());
+        };
+        let serve = axum::serve(listener, router).with_graceful_shutdown(signal);
+        let overdue = async move {
+            if stopped.await.is_ok() {
+                tokio::time::sleep(drain_limit).await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+        };
+        tokio::select! {
+            served = serve => served?,
+            () = overdue => tracing::warn!(?drain_limit, "requests still open after the drain limit; closing them"),
+        }
+        if tokio::time::timeout(drain_limit, workers.shutdown(ingestor)).await.is_err() {
+            tracing::warn!("background work still running after the drain limit");
+        }
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+/// Completes on SIGINT (what Fly sends) or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing a SIGTERM handler");
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term.recv() => {},
+    }
+}

@@ -1,0 +1,244 @@
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use secrecy::ExposeSecret;
+
+use twilio_ingest::twilio::{signature, Params};
+use twilio_ingest::{dlq, supabase::Supabase, telemetry, Application, Config, WEBHOOK_PATH};
+
+/// Receives Twilio webhooks and turns each inbound message into a job row in Supabase.
+///
+/// Configuration comes from the environment (TWILIO_AUTH_TOKEN, PUBLIC_URL, SUPABASE_URL,
+/// SUPABASE_SERVICE_ROLE_KEY, SPOOL_DIR, ...); see the README.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the service (the default).
+    Serve,
+    /// Check the configuration and that Supabase answers with the key and has the tables.
+    Check,
+    /// Print a signed sample webhook as a curl command, for local testing.
+    Sign(SampleArgs),
+    /// Sign a sample webhook and POST it to the running service.
+    Send {
+        #[command(flatten)]
+        sample: SampleArgs,
+        /// Where to send it; defaults to the service on this machine.
+        #[arg(long)]
+        target: Option<String>,
+    },
+    /// Inspect and re-drive dead letters.
+    #[command(subcommand)]
+    Dlq(DlqCommand),
+}
+
+#[derive(Subcommand)]
+enum DlqCommand {
+    /// List dead letters not yet replayed, oldest first.
+    List {
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+    /// Re-drive dead letters into jobs once their cause is fixed; safe to run twice.
+    Replay {
+        #[arg(long, default_value_t = 1000)]
+        limit: usize,
+    },
+}
+
+#[derive(clap::Args)]
+struct SampleArgs {
+    /// A Messaging webhook (dm) or a Conversations onMessageAdded webhook (group).
+    #[arg(long, value_enum, default_value_t = SampleKind::Dm)]
+    kind: SampleKind,
+    /// The sender, E.164; prefix with whatsapp: for a WhatsApp message.
+    #[arg(long, default_value = "+15005550006")]
+    from: String,
+    #[arg(long, default_value = "Hello from twilio-ingest")]
+    body: String,
+    /// WhatsApp profile name, which becomes the user's first name.
+    #[arg(long)]
+    profile_name: Option<String>,
+    /// The MessageSid; a fresh one if not given. Send the same one twice to see deduplication.
+    #[arg(long)]
+    message_sid: Option<String>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum SampleKind {
+    Dm,
+    Group,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match Config::from_env() {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("twilio-ingest: configuration error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    telemetry::init_logging(config.log_format);
+    let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime starts");
+    let result = runtime.block_on(async move {
+        match cli.command.unwrap_or(Command::Serve) {
+            Command::Serve => serve(&config).await,
+            Command::Check => check(&config).await,
+            Command::Sign(sample) => {
+                let (url, params, sig) = signed_sample(&config, &sample);
+                let mut curl = format!("curl -sS -X POST '{url}' -H 'X-Twilio-Signature: {sig}'");
+                for (k, v) in params.pairs() {
+                    curl.push_str(&format!(" --data-urlencode '{k}={}'", v.replace('\'', r"'\''")));
+                }
+                println!("{curl}");
+                Ok(())
+            }
+            Command::Send { sample, target } => send(&config, &sample, target).await,
+            Command::Dlq(command) => dlq_command(&config, command).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("twilio-ingest: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(config: &Config) -> anyhow::Result<()> {
+    let app = Application::build(config).await?;
+    tracing::info!(
+        addr = %app.local_addr(),
+        webhook = %config.public_url.join(WEBHOOK_PATH),
+        key = config.service_key.kind(),
+        "twilio-ingest listening"
+    );
+    app.run_until(twilio_ingest::shutdown_signal()).await?;
+    Ok(())
+}
+
+async fn check(config: &Config) -> anyhow::Result<()> {
+    println!("configuration: ok ({} key, webhook URL {})", config.service_key.kind(), config.public_url.join(WEBHOOK_PATH));
+    let supabase = Supabase::new(&config.supabase_url, &config.service_key);
+    let mut problems = 0;
+    match supabase.probe(Duration::from_secs(10)).await {
+        Ok(()) => println!("supabase: ok (users, jobs and dlq_jobs are readable with the key)"),
+        Err((table, e)) => {
+            problems += 1;
+            println!("supabase: PROBLEM with table {table}: {e}");
+            println!("  (401: the key is wrong; 404/PGRST205: run `supabase db push`; 403/42501: the migrations' grants are missing)");
+        }
+    }
+    match twilio_ingest::spool::Spool::open(&config.spool_dir) {
+        Ok(spool) => println!("spool: ok ({} waiting in {})", spool.depth(), config.spool_dir.display()),
+        Err(e) => {
+            problems += 1;
+            println!("spool: PROBLEM: cannot use SPOOL_DIR {}: {e}", config.spool_dir.display());
+        }
+    }
+    if problems > 0 {
+        anyhow::bail!("{problems} problem(s) found");
+    }
+    Ok(())
+}
+
+fn signed_sample(config: &Config, sample: &SampleArgs) -> (String, Params, String) {
+    let sid = sample.message_sid.clone().unwrap_or_else(|| {
+        let prefix = match sample.kind {
+            SampleKind::Dm => "SM",
+            SampleKind::Group => "IM",
+        };
+        format!("{prefix}{}", uuid::Uuid::new_v4().simple())
+    });
+    let account = config.account_sid.clone().unwrap_or_else(|| format!("AC{}", "0".repeat(32)));
+    let mut pairs: Vec<(String, String)> = match sample.kind {
+        SampleKind::Dm => vec![
+            ("MessageSid".into(), sid.clone()),
+            ("SmsMessageSid".into(), sid.clone()),
+            ("SmsSid".into(), sid),
+            ("AccountSid".into(), account),
+            ("From".into(), sample.from.clone()),
+            ("To".into(), "+15005550001".into()),
+            ("Body".into(), sample.body.clone()),
+            ("NumMedia".into(), "0".into()),
+            ("NumSegments".into(), "1".into()),
+            ("SmsStatus".into(), "received".into()),
+            ("ApiVersion".into(), "2010-04-01".into()),
+        ],
+        SampleKind::Group => vec![
+            ("EventType".into(), "onMessageAdded".into()),
+            ("ConversationSid".into(), "CH00000000000000000000000000000000".into()),
+            ("MessageSid".into(), sid),
+            ("AccountSid".into(), account),
+            ("Author".into(), sample.from.clone()),
+            ("Body".into(), sample.body.clone()),
+            ("Index".into(), "0".into()),
+            ("Source".into(), "SMS".into()),
+            ("RetryCount".into(), "0".into()),
+        ],
+    };
+    if let Some(name) = &sample.profile_name {
+        pairs.push(("ProfileName".into(), name.clone()));
+    }
+    let params = Params::from_pairs(pairs);
+    let url = config.public_url.join(WEBHOOK_PATH);
+    let sig = signature::sign(config.auth_tokens[0].expose_secret(), &url, &params);
+    (url, params, sig)
+}
+
+async fn send(config: &Config, sample: &SampleArgs, target: Option<String>) -> anyhow::Result<()> {
+    let (_, params, sig) = signed_sample(config, sample);
+    let target = target.unwrap_or_else(|| format!("http://127.0.0.1:{}{WEBHOOK_PATH}", config.port));
+    let body = form_urlencoded::Serializer::new(String::new()).extend_pairs(params.pairs()).finish();
+    let response = reqwest::Client::new()
+        .post(&target)
+        .header("X-Twilio-Signature", sig)
+        .header("Content-Type", "application/x-www-form-urlencoded")
+        .body(body)
+        .send()
+        .await?;
+    let status = response.status();
+    println!("{} {status}: {}", params.get("MessageSid").unwrap_or_default(), response.text().await?.trim());
+    if !status.is_success() {
+        anyhow::bail!("the service answered {status}");
+    }
+    Ok(())
+}
+
+async fn dlq_command(config: &Config, command: DlqCommand) -> anyhow::Result<()> {
+    let supabase = Supabase::new(&config.supabase_url, &config.service_key);
+    match command {
+        DlqCommand::List { limit } => {
+            let letters = dlq::pending(&supabase, limit).await?;
+            for l in &letters {
+                println!(
+                    "{}  {}  {:<11}  {}  {}{}",
+                    l.id,
+                    l.created_at,
+                    l.error_kind,
+                    l.message_sid.as_deref().unwrap_or("-"),
+                    l.error,
+                    l.replay_error.as_deref().map(|e| format!("  (last replay: {e})")).unwrap_or_default()
+                );
+            }
+            println!("{} dead letter(s) waiting", letters.len());
+        }
+        DlqCommand::Replay { limit } => {
+            let report = dlq::replay(&supabase, limit).await?;
+            for (id, why) in &report.still_failing {
+                println!("still failing: {id}: {why}");
+            }
+            println!("replayed {}, still failing {}", report.replayed.len(), report.still_failing.len());
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,109 @@
+use serde::Deserialize;
+
+/// What went wrong talking to Supabase, split by [`Error::is_transient`] into what is worth
+/// retrying and what is not.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("could not reach Supabase: {0}")]
+    Transport(#[source] reqwest::Error),
+    #[error("Supabase did not answer within {0:?}")]
+    Timeout(std::time::Duration),
+    #[error("PostgREST answered {status}{}: {message}", code.as_deref().map(|c| format!(" ({c})")).unwrap_or_default())]
+    Api { status: u16, code: Option<String>, message: String },
+    #[error("unexpected answer from PostgREST: {0}")]
+    Decode(String),
+}
+
+#[derive(Deserialize)]
+struct ApiBody {
+    code: Option<String>,
+    message: Option<String>,
+    details: Option<String>,
+    hint: Option<String>,
+}
+
+impl Error {
+    pub(crate) fn from_response(status: u16, body: &[u8]) -> Self {
+        match serde_json::from_slice::<ApiBody>(body) {
+            Ok(api) => {
+                let mut message = api.message.unwrap_or_default();
+                for extra in [api.details, api.hint].into_iter().flatten() {
+                    message.push_str("; ");
+                    message.push_str(&extra);
+                }
+                Error::Api { status, code: api.code, message }
+            }
+            Err(_) => Error::Api {
+                status,
+                code: None,
+                message: String::from_utf8_lossy(&body[..body.len().min(300)]).into_owned(),
+            },
+        }
+    }
+
+    /// The one rule that decides retry (and, past the deadline, the spool) versus dead letter.
+    ///
+    /// Transient: the request may succeed unchanged later — the network, a timeout, a gateway or
+    /// PostgREST without a database (`PGRST000`–`PGRST003`), and SQLSTATE classes that mean the
+    /// database was busy or restarting (08 connection, 40 rollback/deadlock, 53 resources, 57
+    /// operator intervention, 58 system). Everything else (constraints, permissions, a missing
+    /// function or table) will fail the same way again, so the message is dead-lettered.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Error::Transport(_) | Error::Timeout(_) => true,
+            Error::Decode(_) => false,
+            Error::Api { status, code, .. } => match code.as_deref() {
+                Some("PGRST000" | "PGRST001" | "PGRST002" | "PGRST003") => true,
+                Some(c) if c.len() == 5 && !c.starts_with("PGRST") => {
+                    matches!(&c[..2], "08" | "40" | "53" | "57" | "58")
+                }
+                _ => matches!(status, 408 | 429 | 500 | 502 | 503 | 504),
+            },
+        }
+    }
+
+    /// A short label for metrics: the HTTP status, or what happened instead.
+    pub fn label(&self) -> String {
+        match self {
+            Error::Transport(_) => "unreachable".into(),
+            Error::Timeout(_) => "timeout".into(),
+            Error::Api { status, .. } => status.to_string(),
+            Error::Decode(_) => "decode".into(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn api(status: u16, body: &str) -> Error {
+        Error::from_response(status, body.as_bytes())
+    }
+
+    #[test]
+    fn an_outage_is_worth_retrying() {
+        assert!(api(503, r#"{"code":"PGRST000","message":"Database connection error"}"#).is_transient());
+        assert!(api(504, r#"{"code":"PGRST003","message":"Timed out acquiring connection"}"#).is_transient());
+        assert!(api(502, "<html>Bad Gateway</html>").is_transient());
+        assert!(api(500, r#"{"code":"40P01","message":"deadlock detected"}"#).is_transient());
+        assert!(api(503, r#"{"code":"57P01","message":"terminating connection due to administrator command"}"#).is_transient());
+        assert!(Error::Timeout(std::time::Duration::from_secs(1)).is_transient());
+    }
+
+    #[test]
+    fn a_refusal_is_not() {
+        assert!(!api(403, r#"{"code":"42501","message":"permission denied for table jobs"}"#).is_transient());
+        assert!(!api(409, r#"{"code":"23503","message":"violates foreign key"}"#).is_transient());
+        assert!(!api(400, r#"{"code":"23514","message":"violates check constraint"}"#).is_transient());
+        assert!(!api(404, r#"{"code":"PGRST202","message":"Could not find the function"}"#).is_transient());
+        assert!(!api(401, r#"{"message":"Invalid API key"}"#).is_transient());
+        assert!(!api(500, r#"{"code":"22P02","message":"invalid input syntax"}"#).is_transient());
+    }
+
+    #[test]
+    fn the_message_keeps_code_details_and_hint() {
+        let e = api(403, r#"{"code":"42501","message":"permission denied for table jobs","details":null,"hint":"grant it"}"#);
+        assert_eq!(e.to_string(), "PostgREST answered 403 (42501): permission denied for table jobs; grant it");
+    }
+}

@@ -1,0 +1,195 @@
+//! Supabase, reached only through its REST API (PostgREST under `SUPABASE_URL/rest/v1`) with the
+//! service-role key. Nothing here knows about Twilio: it stores jobs, users and dead letters.
+
+mod error;
+mod key;
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use postgrest::Builder;
+use reqwest::header::{HeaderMap, HeaderValue};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+pub use error::Error;
+pub use key::ServiceKey;
+
+/// The tables the service needs; `readyz` and `check` confirm each is reachable with the key.
+pub const TABLES: [&str; 3] = ["users", "jobs", "dlq_jobs"];
+
+/// One job to insert, encoded once to JSON so retries and batch splits never re-serialise it.
+#[derive(Clone, Debug)]
+pub struct EncodedJob {
+    pub message_sid: String,
+    json: String,
+}
+
+#[derive(Serialize)]
+pub struct NewJob<'a> {
+    pub message_sid: &'a str,
+    pub user_phone: &'a str,
+    pub first_name: Option<&'a str>,
+    pub source_type: &'a str,
+    pub source_channel_id: &'a str,
+    pub content_type: &'a str,
+    pub payload: &'a Value,
+}
+
+impl NewJob<'_> {
+    pub fn encode(&self) -> EncodedJob {
+        EncodedJob {
+            message_sid: self.message_sid.to_owned(),
+            json: serde_json::to_string(self).expect("a job is always serialisable"),
+        }
+    }
+}
+
+#[derive(Serialize, Debug, Clone)]
+pub struct NewDeadLetter {
+    pub message_sid: Option<String>,
+    pub payload: Value,
+    pub error: String,
+    /// `unusable` (the webhook cannot become a job) or `rejected` (Supabase refused the job).
+    pub error_kind: &'static str,
+}
+
+#[derive(Deserialize, Debug, Clone)]
+pub struct DeadLetter {
+    pub id: String,
+    pub message_sid: Option<String>,
+    pub payload: Value,
+    pub error: String,
+    pub error_kind: String,
+    pub created_at: String,
+    pub replayed_at: Option<String>,
+    pub replay_error: Option<String>,
+}
+
+#[derive(Clone)]
+pub struct Supabase {
+    rest_url: String,
+    headers: HeaderMap,
+    client: reqwest::Client,
+}
+
+impl Supabase {
+    pub fn new(supabase_url: &str, key: &ServiceKey) -> Self {
+        let client = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(2))
+            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(32)
+            .tcp_nodelay(true)
+            .user_agent(concat!("twilio-ingest/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .expect("the TLS backend initialises");
+        Supabase { rest_url: format!("{}/rest/v1", supabase_url.trim_end_matches('/')), headers: key.headers(), client }
+    }
+
+    fn table(&self, table: &str) -> Builder {
+        Builder::new(format!("{}/{table}", self.rest_url), None, self.headers.clone(), self.client.clone())
+    }
+
+    /// Upserts the users and inserts the jobs in one transaction; returns the MessageSids that
+    /// became new jobs (the rest already had one).
+    pub async fn ingest_messages(&self, jobs: &[&EncodedJob], timeout: Duration) -> Result<Vec<String>, Error> {
+        let mut body = String::with_capacity(16 + jobs.iter().map(|j| j.json.len() + 1).sum::<usize>());
+        body.push_str(r#"{"messages":["#);
+        for (i, job) in jobs.iter().enumerate() {
+            if i > 0 {
+                body.push(',');
+            }
+            body.push_str(&job.json);
+        }
+        body.push_str("]}");
+        let request = Builder::new(
+            format!("{}/rpc/ingest_messages", self.rest_url),
+            None,
+            self.headers.clone(),
+            self.client.clone(),
+        )
+        .rpc(body);
+        let answer = self.send(request, None, timeout).await?;
+        serde_json::from_slice(&answer).map_err(|e| Error::Decode(e.to_string()))
+    }
+
+    /// Inserts dead letters; one whose MessageSid is already dead-lettered is not repeated.
+    pub async fn insert_dead_letters(&self, letters: &[NewDeadLetter], timeout: Duration) -> Result<(), Error> {
+        let body = serde_json::to_string(letters).expect("a dead letter is always serialisable");
+        let request = self.table("dlq_jobs").on_conflict("message_sid").insert(body);
+        self.send(request, Some("return=minimal,resolution=ignore-duplicates"), timeout).await?;
+        Ok(())
+    }
+
+    /// Dead letters not yet replayed, oldest first.
+    pub async fn pending_dead_letters(&self, limit: usize, timeout: Duration) -> Result<Vec<DeadLetter>, Error> {
+        let request = self.table("dlq_jobs").select("*").is("replayed_at", "null").order("created_at.asc").limit(limit);
+        let answer = self.send(request, None, timeout).await?;
+        serde_json::from_slice(&answer).map_err(|e| Error::Decode(e.to_string()))
+    }
+
+    /// Records the outcome of replaying a dead letter: replayed, or why it still fails.
+    pub async fn mark_dead_letter(&self, id: &str, outcome: Result<(), &str>, timeout: Duration) -> Result<(), Error> {
+        let patch = match outcome {
+            Ok(()) => serde_json::json!({"replayed_at": "now", "replay_error": null}),
+            Err(why) => serde_json::json!({"replay_error": why}),
+        };
+        let request = self.table("dlq_jobs").eq("id", id).update(patch.to_string());
+        self.send(request, Some("return=minimal"), timeout).await?;
+        Ok(())
+    }
+
+    /// Reads nothing from each table, which is enough to prove the key may read it.
+    pub async fn probe(&self, timeout: Duration) -> Result<(), (&'static str, Error)> {
+        for table in TABLES {
+            let request = self.table(table).select("*").limit(0);
+            self.send(request, None, timeout).await.map_err(|e| (table, e))?;
+        }
+        Ok(())
+    }
+
+    async fn send(&self, request: Builder, prefer: Option<&'static str>, timeout: Duration) -> Result<Bytes, Error> {
+        let started = Instant::now();
+        let mut request = request.build().build().map_err(Error::Transport)?;
+        if let Some(prefer) = prefer {
+            request.headers_mut().insert("Prefer", HeaderValue::from_static(prefer));
+        }
+        let endpoint = endpoint_label(request.url().path());
+        let result = tokio::time::timeout(timeout, async {
+            let response = self.client.execute(request).await.map_err(Error::Transport)?;
+            let status = response.status();
+            let body = response.bytes().await.map_err(Error::Transport)?;
+            if status.is_success() {
+                Ok(body)
+            } else {
+                Err(Error::from_response(status.as_u16(), &body))
+            }
+        })
+        .await
+        .unwrap_or(Err(Error::Timeout(timeout)));
+        let status = match &result {
+            Ok(_) => "ok".to_owned(),
+            Err(e) => e.label(),
+        };
+        metrics::histogram!("supabase_request_seconds", "endpoint" => endpoint, "status" => status.clone())
+            .record(started.elapsed().as_secs_f64());
+        if result.is_err() {
+            metrics::counter!("supabase_request_errors_total", "endpoint" => endpoint, "status" => status).increment(1);
+        }
+        result
+    }
+}
+
+fn endpoint_label(path: &str) -> &'static str {
+    if path.ends_with("/rpc/ingest_messages") {
+        "ingest_messages"
+    } else if path.ends_with("/dlq_jobs") {
+        "dlq_jobs"
+    } else if path.ends_with("/jobs") {
+        "jobs"
+    } else if path.ends_with("/users") {
+        "users"
+    } else {
+        "other"
+    }
+}

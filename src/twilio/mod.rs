@@ -1,0 +1,10 @@
+//! Everything that is Twilio's: how a webhook is signed and what its params mean.
+//! Nothing here knows about Supabase.
+
+mod params;
+pub mod signature;
+pub mod webhook;
+
+pub use params::Params;
+pub use signature::{PublicUrl, SignatureError};
+pub use webhook::{ContentType, InboundMessage, Kind, Unusable, Webhook};

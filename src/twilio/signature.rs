@@ -1,0 +1,300 @@
+//! Twilio's request signature, checked the way its own helper libraries check it.
+//!
+//! `X-Twilio-Signature` is base64(HMAC-SHA1(auth token, URL + each param's key and value)), keys sorted
+//! bytewise and each key's distinct values sorted
+//! (twilio-python `request_validator.py`, twilio-node `webhooks.ts`). A JSON body is not in the
+//! HMAC: the URL carries `bodySHA256`, the hex SHA-256 of the raw body, and that is checked instead.
+
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine as _;
+use hmac::{Hmac, Mac};
+use secrecy::{ExposeSecret, SecretString};
+use sha1::Sha1;
+use sha2::{Digest, Sha256};
+use subtle::{Choice, ConstantTimeEq};
+
+use super::Params;
+
+/// Why a request was refused. None of these ever carries a token.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SignatureError {
+    #[error("no X-Twilio-Signature header")]
+    Missing,
+    #[error("the signature does not match the URL and params")]
+    Mismatch,
+    #[error("the body does not match its bodySHA256")]
+    BodyHashMismatch,
+}
+
+/// The base URL Twilio calls, as configured: TLS ends at the proxy, so the request itself cannot tell
+/// the scheme or host that Twilio signed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PublicUrl {
+    https: bool,
+    /// The host as written, brackets and all for IPv6.
+    host: String,
+    port: Option<u16>,
+    /// A path the proxy strips before the request reaches us, without a trailing slash.
+    prefix: String,
+}
+
+impl PublicUrl {
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        let raw = raw.trim();
+        let (https, rest) = if let Some(rest) = raw.strip_prefix("https://") {
+            (true, rest)
+        } else if let Some(rest) = raw.strip_prefix("http://") {
+            (false, rest)
+        } else {
+            return Err("must start with https:// (or http:// for local use)".into());
+        };
+        if rest.contains(['?', '#']) {
+            return Err("must not have a query or fragment".into());
+        }
+        let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+        let (host, port) = match authority.rfind(':') {
+            Some(i) if !authority[i..].contains(']') => {
+                let port = authority[i + 1..].parse::<u16>().map_err(|_| "has an invalid port".to_string())?;
+                (&authority[..i], Some(port))
+            }
+            _ => (authority, None),
+        };
+        if host.is_empty() {
+            return Err("has no host".into());
+        }
+        Ok(PublicUrl { https, host: host.to_owned(), port, prefix: path.trim_end_matches('/').to_owned() })
+    }
+
+    fn origin(&self, port: Option<u16>) -> String {
+        let scheme = if self.https { "https" } else { "http" };
+        match port {
+            Some(port) => format!("{scheme}://{}:{port}{}", self.host, self.prefix),
+            None => format!("{scheme}://{}{}", self.host, self.prefix),
+        }
+    }
+
+    /// The full URL Twilio called for a request whose raw path and query are `path_and_query`.
+    pub fn join(&self, path_and_query: &str) -> String {
+        self.origin(self.port) + path_and_query
+    }
+
+    /// Every spelling of the URL that Twilio's libraries accept: as configured, with any port
+    /// removed, and with the scheme's default port spelled out. Twilio has signed each of these
+    /// at one time or another (twilio-node `webhooks.ts`: `addPort` / `removePort`).
+    pub fn candidates(&self, path_and_query: &str) -> Vec<String> {
+        let default_port = if self.https { 443 } else { 80 };
+        let mut urls = vec![self.join(path_and_query)];
+        for port in [None, Some(default_port)] {
+            let url = self.origin(port) + path_and_query;
+            if !urls.contains(&url) {
+                urls.push(url);
+            }
+        }
+        urls
+    }
+}
+
+/// The signature Twilio computes for `url` and `params` with `token`.
+pub fn sign(token: &str, url: &str, params: &Params) -> String {
+    let mut mac = Hmac::<Sha1>::new_from_slice(token.as_bytes()).expect("HMAC takes a key of any length");
+    mac.update(url.as_bytes());
+    let mut pairs: Vec<(&str, &str)> = params.pairs().iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    pairs.sort_unstable();
+    pairs.dedup();
+    for (key, value) in pairs {
+        mac.update(key.as_bytes());
+        mac.update(value.as_bytes());
+    }
+    BASE64.encode(mac.finalize().into_bytes())
+}
+
+/// Checks a request's signature over its raw body and returns its params only if it is genuine.
+///
+/// `path_and_query` is the request target exactly as received: re-serialising it could change
+/// what was signed.
+pub fn verify(
+    url: &PublicUrl,
+    path_and_query: &str,
+    header: Option<&str>,
+    body: &[u8],
+    tokens: &[SecretString],
+) -> Result<Params, SignatureError> {
+    let header = header.map(str::trim).filter(|h| !h.is_empty()).ok_or(SignatureError::Missing)?;
+    let query = path_and_query.split_once('?').map_or("", |(_, q)| q);
+    let body_hash = form_urlencoded::parse(query.as_bytes()).find(|(k, _)| k == "bodySHA256").map(|(_, v)| v);
+
+    // A JSON body is covered by its hash, not by the HMAC, which then spans the URL alone.
+    let signed_params = if body_hash.is_some() { Params::default() } else { Params::from_form(body) };
+    let mut ok = Choice::from(0);
+    for candidate in url.candidates(path_and_query) {
+        for token in tokens {
+            let expected = sign(token.expose_secret(), &candidate, &signed_params);
+            ok |= expected.as_bytes().ct_eq(header.as_bytes());
+        }
+    }
+    if !bool::from(ok) {
+        return Err(SignatureError::Mismatch);
+    }
+    match body_hash {
+        None => Ok(signed_params),
+        Some(claimed) => {
+            let actual = hex::encode(Sha256::digest(body));
+            if !bool::from(actual.as_bytes().ct_eq(claimed.to_ascii_lowercase().as_bytes())) {
+                return Err(SignatureError::BodyHashMismatch);
+            }
+            // Signed but not a JSON object: keep the raw text so the dead letter loses nothing.
+            Ok(Params::from_json(body)
+                .unwrap_or_else(|_| Params::from_pairs([("RawBody", String::from_utf8_lossy(body).into_owned())])))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tokens(list: &[&str]) -> Vec<SecretString> {
+        list.iter().map(|t| SecretString::from(t.to_string())).collect()
+    }
+
+    fn docs_params() -> Params {
+        Params::from_pairs([
+            ("CallSid", "CA1234567890ABCDE"),
+            ("Caller", "+12349013030"),
+            ("Digits", "1234"),
+            ("From", "+12349013030"),
+            ("To", "+18005551212"),
+        ])
+    }
+
+    fn form(params: &Params) -> Vec<u8> {
+        form_urlencoded::Serializer::new(String::new()).extend_pairs(params.pairs()).finish().into_bytes()
+    }
+
+    #[test]
+    fn twilios_documented_example_signs_as_documented() {
+        let sig = sign("12345", "https://mycompany.com/myapp.php?foo=1&bar=2", &docs_params());
+        assert_eq!(sig, "0/KCTR6DLpKmkAf8muzZqo1nDgQ=");
+    }
+
+    #[test]
+    fn the_documented_example_verifies_as_a_request() {
+        let url = PublicUrl::parse("https://mycompany.com").unwrap();
+        let params = verify(
+            &url,
+            "/myapp.php?foo=1&bar=2",
+            Some("0/KCTR6DLpKmkAf8muzZqo1nDgQ="),
+            &form(&docs_params()),
+            &tokens(&["12345"]),
+        )
+        .unwrap();
+        assert_eq!(params.get("Digits"), Some("1234"));
+    }
+
+    #[test]
+    fn a_tampered_value_is_refused() {
+        let url = PublicUrl::parse("https://mycompany.com").unwrap();
+        let mut pairs = docs_params().pairs().to_vec();
+        pairs[2].1 = "9999".into();
+        let err = verify(
+            &url,
+            "/myapp.php?foo=1&bar=2",
+            Some("0/KCTR6DLpKmkAf8muzZqo1nDgQ="),
+            &form(&Params::from_pairs(pairs)),
+            &tokens(&["12345"]),
+        );
+        assert_eq!(err, Err(SignatureError::Mismatch));
+    }
+
+    #[test]
+    fn a_wrong_token_is_refused_and_a_secondary_token_is_accepted() {
+        let url = PublicUrl::parse("https://mycompany.com").unwrap();
+        let body = form(&docs_params());
+        let sig = Some("0/KCTR6DLpKmkAf8muzZqo1nDgQ=");
+        let path = "/myapp.php?foo=1&bar=2";
+        assert_eq!(verify(&url, path, sig, &body, &tokens(&["54321"])), Err(SignatureError::Mismatch));
+        assert!(verify(&url, path, sig, &body, &tokens(&["54321", "12345"])).is_ok());
+    }
+
+    #[test]
+    fn a_missing_header_is_refused() {
+        let url = PublicUrl::parse("https://mycompany.com").unwrap();
+        let err = verify(&url, "/x", None, b"", &tokens(&["12345"]));
+        assert_eq!(err, Err(SignatureError::Missing));
+    }
+
+    #[test]
+    fn params_are_sorted_by_key_and_repeated_values_sorted_and_deduplicated() {
+        // Hand-built the way twilio-python concatenates: url, then for each key its sorted distinct values.
+        let url = "https://example.com/hook";
+        let mut mac = Hmac::<Sha1>::new_from_slice(b"tok").unwrap();
+        mac.update(b"https://example.com/hookA1B2Ba3Bz2C");
+        let expected = BASE64.encode(mac.finalize().into_bytes());
+        let params = Params::from_pairs([("Bz", "2"), ("B", "2"), ("Ba", "3"), ("C", ""), ("A", "1"), ("Bz", "2")]);
+        assert_eq!(sign("tok", url, &params), expected);
+        let reordered = Params::from_pairs([("Ba", "3"), ("A", "1"), ("C", ""), ("B", "2"), ("Bz", "2")]);
+        assert_eq!(sign("tok", url, &reordered), expected);
+    }
+
+    #[test]
+    fn a_repeated_key_contributes_each_of_its_values() {
+        let one = Params::from_pairs([("Addr", "+1"), ("Addr", "+2")]);
+        let other = Params::from_pairs([("Addr", "+2"), ("Addr", "+1")]);
+        let only_first = Params::from_pairs([("Addr", "+1")]);
+        assert_eq!(sign("t", "u", &one), sign("t", "u", &other));
+        assert_ne!(sign("t", "u", &one), sign("t", "u", &only_first));
+    }
+
+    #[test]
+    fn the_url_is_accepted_with_its_port_removed_or_the_default_port_added() {
+        let params = docs_params();
+        let body = form(&params);
+        let t = tokens(&["12345"]);
+        let plain = PublicUrl::parse("https://mycompany.com").unwrap();
+        let with_port = sign("12345", "https://mycompany.com:443/myapp.php", &params);
+        assert!(verify(&plain, "/myapp.php", Some(&with_port), &body, &t).is_ok());
+
+        let configured_with_port = PublicUrl::parse("https://mycompany.com:443/").unwrap();
+        let without_port = sign("12345", "https://mycompany.com/myapp.php", &params);
+        assert!(verify(&configured_with_port, "/myapp.php", Some(&without_port), &body, &t).is_ok());
+
+        let other_port = sign("12345", "https://mycompany.com:8443/myapp.php", &params);
+        assert_eq!(verify(&plain, "/myapp.php", Some(&other_port), &body, &t), Err(SignatureError::Mismatch));
+    }
+
+    #[test]
+    fn a_trailing_slash_and_the_query_are_part_of_the_signed_url() {
+        let params = docs_params();
+        let body = form(&params);
+        let t = tokens(&["12345"]);
+        let url = PublicUrl::parse("https://mycompany.com").unwrap();
+        let sig = sign("12345", "https://mycompany.com/hook?a=1", &params);
+        assert!(verify(&url, "/hook?a=1", Some(&sig), &body, &t).is_ok());
+        assert!(verify(&url, "/hook/?a=1", Some(&sig), &body, &t).is_err());
+        assert!(verify(&url, "/hook?a=2", Some(&sig), &body, &t).is_err());
+    }
+
+    #[test]
+    fn a_json_body_is_checked_against_its_body_sha256() {
+        let body = br#"{"From":"+15551230000","Body":"hi"}"#;
+        let hash = hex::encode(Sha256::digest(body));
+        let path = format!("/hook?bodySHA256={hash}");
+        let url = PublicUrl::parse("https://example.com").unwrap();
+        let sig = sign("tok", &url.join(&path), &Params::default());
+        let t = tokens(&["tok"]);
+        let params = verify(&url, &path, Some(&sig), body, &t).unwrap();
+        assert_eq!(params.get("Body"), Some("hi"));
+
+        let tampered = br#"{"From":"+15551230000","Body":"HI"}"#;
+        assert_eq!(verify(&url, &path, Some(&sig), tampered, &t), Err(SignatureError::BodyHashMismatch));
+    }
+
+    #[test]
+    fn a_public_url_keeps_its_path_prefix() {
+        let url = PublicUrl::parse("https://example.com:8443/twilio/").unwrap();
+        assert_eq!(url.join("/webhooks/twilio"), "https://example.com:8443/twilio/webhooks/twilio");
+        assert!(PublicUrl::parse("example.com").is_err());
+        assert!(PublicUrl::parse("https://example.com:http").is_err());
+        assert_eq!(PublicUrl::parse("http://[::1]:8080").unwrap().join("/x"), "http://[::1]:8080/x");
+    }
+}
