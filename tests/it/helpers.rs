@@ -1,0 +1,254 @@
+//! Test helpers: shared real stacks, an app per test on port 0, and signed webhooks.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use devstack::{Grants, KeyKind, Stack};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use twilio_ingest::ingest::{Ingestor, Settings};
+use twilio_ingest::twilio::{signature, Params};
+use twilio_ingest::{Application, Config, WEBHOOK_PATH};
+
+pub const TOKEN: &str = "7c8a2c5e0b1d4f3a9e6b8d2c1f0a3e5b";
+pub const PUBLIC_URL: &str = "https://ingest.example.com";
+
+/// One stack per grants mode, started on first use and shared by the tests that only add rows.
+pub fn shared_stack(grants: Grants) -> &'static Stack {
+    static DEFAULT: OnceLock<Stack> = OnceLock::new();
+    static NONE: OnceLock<Stack> = OnceLock::new();
+    let cell = match grants {
+        Grants::Default => &DEFAULT,
+        Grants::None => &NONE,
+    };
+    cell.get_or_init(|| Stack::start(grants).expect("the test stack starts"))
+}
+
+pub fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("twilio-ingest-{name}-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+pub fn config(supabase_url: &str, key: KeyKind, spool_dir: &std::path::Path, extra: &[(&str, &str)]) -> Config {
+    let mut env: HashMap<String, String> = [
+        ("TWILIO_AUTH_TOKEN", TOKEN.to_owned()),
+        ("PUBLIC_URL", PUBLIC_URL.to_owned()),
+        ("SUPABASE_URL", supabase_url.to_owned()),
+        ("SUPABASE_SERVICE_ROLE_KEY", key.service_key()),
+        ("SPOOL_DIR", spool_dir.display().to_string()),
+        ("HOST", "127.0.0.1".to_owned()),
+        ("PORT", "0".to_owned()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    for (k, v) in extra {
+        env.insert(k.to_string(), v.to_string());
+    }
+    Config::from_lookup(|k| env.get(k).cloned()).expect("a valid test configuration")
+}
+
+pub struct TestApp {
+    pub addr: std::net::SocketAddr,
+    pub spool_dir: PathBuf,
+    pub ingestor: Ingestor,
+    pub client: reqwest::Client,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<std::io::Result<()>>>,
+}
+
+pub async fn spawn_app(stack: &Stack, key: KeyKind) -> TestApp {
+    spawn_app_at(&stack.url(), key, &temp_dir("spool"), Settings::default(), &[]).await
+}
+
+pub async fn spawn_app_at(
+    supabase_url: &str,
+    key: KeyKind,
+    spool_dir: &std::path::Path,
+    settings: Settings,
+    extra: &[(&str, &str)],
+) -> TestApp {
+    let config = config(supabase_url, key, spool_dir, extra);
+    let settings = Settings { deadline: config.deadline, ..settings };
+    let app = Application::build_with(&config, settings).await.expect("the app starts");
+    let addr = app.local_addr();
+    let ingestor = app.ingestor().clone();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(app.run_until(async move {
+        let _ = stopped.await;
+    }));
+    TestApp {
+        addr,
+        spool_dir: spool_dir.to_owned(),
+        ingestor,
+        client: reqwest::Client::builder().pool_max_idle_per_host(64).build().unwrap(),
+        stop: Some(stop),
+        task: Some(task),
+    }
+}
+
+impl TestApp {
+    pub fn url(&self) -> String {
+        format!("http://{}{WEBHOOK_PATH}", self.addr)
+    }
+
+    /// Posts `params` signed with the test token over the public URL, as Twilio would.
+    pub async fn post_signed(&self, params: &Params) -> reqwest::Response {
+        let sig = sign(params);
+        self.post_with_signature(params, Some(&sig)).await
+    }
+
+    pub async fn post_with_signature(&self, params: &Params, sig: Option<&str>) -> reqwest::Response {
+        let mut request = self
+            .client
+            .post(self.url())
+            .header("Content-Type", "application/x-www-form-urlencoded")
+            .body(form(params));
+        if let Some(sig) = sig {
+            request = request.header("X-Twilio-Signature", sig);
+        }
+        request.send().await.expect("the service answers")
+    }
+
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.client.get(format!("http://{}{path}", self.addr)).send().await.expect("the service answers")
+    }
+
+    /// Waits until the spool is empty (replay is a background task) or `limit` passes.
+    pub async fn wait_for_empty_spool(&self, limit: Duration) -> bool {
+        let until = Instant::now() + limit;
+        while Instant::now() < until {
+            if self.ingestor.spool_depth() == 0 {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        false
+    }
+
+    /// Stops the app as a signal would and waits for it to drain.
+    pub async fn stop(self) {
+        let TestApp { ingestor, stop, task, .. } = self;
+        // The batcher drains once every handle on its queue is gone, this one included.
+        drop(ingestor);
+        if let Some(stop) = stop {
+            let _ = stop.send(());
+        }
+        if let Some(task) = task {
+            task.await.unwrap().unwrap();
+        }
+    }
+}
+
+pub fn sign(params: &Params) -> String {
+    signature::sign(TOKEN, &format!("{PUBLIC_URL}{WEBHOOK_PATH}"), params)
+}
+
+pub fn form(params: &Params) -> String {
+    form_urlencoded::Serializer::new(String::new()).extend_pairs(params.pairs()).finish()
+}
+
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}{}", uuid::Uuid::new_v4().simple())
+}
+
+/// A fresh E.164 number no other test uses.
+pub fn unique_phone() -> String {
+    let n = uuid::Uuid::new_v4().as_u128() % 8_000_000_000;
+    format!("+1{}", 2_000_000_000 + n)
+}
+
+pub fn sms(from: &str, body: &str) -> Params {
+    let sid = unique("SM");
+    Params::from_pairs([
+        ("MessageSid", sid.as_str()),
+        ("SmsMessageSid", sid.as_str()),
+        ("SmsSid", sid.as_str()),
+        ("AccountSid", "AC00000000000000000000000000000000"),
+        ("From", from),
+        ("To", "+15005550001"),
+        ("Body", body),
+        ("NumMedia", "0"),
+        ("NumSegments", "1"),
+        ("SmsStatus", "received"),
+    ])
+}
+
+pub fn group_message(conversation: &str, author: &str, body: &str) -> Params {
+    Params::from_pairs([
+        ("EventType", "onMessageAdded"),
+        ("ConversationSid", conversation),
+        ("MessageSid", unique("IM").as_str()),
+        ("AccountSid", "AC00000000000000000000000000000000"),
+        ("Author", author),
+        ("Body", body),
+        ("ParticipantSid", "MB00000000000000000000000000000000"),
+        ("Index", "0"),
+        ("Source", "SMS"),
+        ("RetryCount", "0"),
+        ("Attributes", "{}"),
+    ])
+}
+
+/// Rows of a query's first column, as text.
+pub fn q(stack: &Stack, sql: &str) -> Vec<Option<String>> {
+    stack.query(sql).expect("the query runs")
+}
+
+pub fn count(stack: &Stack, sql: &str) -> i64 {
+    q(stack, sql)[0].as_deref().unwrap().parse().unwrap()
+}
+
+pub fn sql_list(sids: &[String]) -> String {
+    sids.iter().map(|s| format!("'{s}'")).collect::<Vec<_>>().join(",")
+}
+
+/// Asserts that every MessageSid is in `jobs` or `dlq_jobs`, and in exactly one row of one of them.
+pub fn assert_each_stored_once(stack: &Stack, sids: &[String]) {
+    let list = sql_list(sids);
+    let rows = q(
+        stack,
+        &format!(
+            "select s.sid || ':' || (select count(*) from jobs j where j.message_sid = s.sid)
+                 + (select count(*) from dlq_jobs d where d.message_sid = s.sid)
+             from unnest(array[{list}]::text[]) as s(sid)"
+        ),
+    );
+    let wrong: Vec<String> = rows.into_iter().flatten().filter(|r| !r.ends_with(":1")).collect();
+    assert!(wrong.is_empty(), "{} of {} messages not stored exactly once: {:?}", wrong.len(), sids.len(), &wrong[..wrong.len().min(10)]);
+}
+
+/// Runs a scenario against an app on each shared stack, with each kind of key.
+#[macro_export]
+macro_rules! on_every_stack {
+    ($scenario:ident) => {
+        mod $scenario {
+            use devstack::{Grants, KeyKind};
+            async fn run(grants: Grants, key: KeyKind) {
+                let stack = $crate::helpers::shared_stack(grants);
+                let app = $crate::helpers::spawn_app(stack, key).await;
+                super::$scenario(stack, &app).await;
+                app.stop().await;
+            }
+            #[tokio::test]
+            async fn legacy_key_default_grants() {
+                run(Grants::Default, KeyKind::LegacyJwt).await
+            }
+            #[tokio::test]
+            async fn legacy_key_no_default_grants() {
+                run(Grants::None, KeyKind::LegacyJwt).await
+            }
+            #[tokio::test]
+            async fn secret_key_default_grants() {
+                run(Grants::Default, KeyKind::Secret).await
+            }
+            #[tokio::test]
+            async fn secret_key_no_default_grants() {
+                run(Grants::None, KeyKind::Secret).await
+            }
+        }
+    };
+}

@@ -1,0 +1,7 @@
+//! Integration tests against real PostgreSQL, PostgREST and an nginx gateway (see `tests/stack`).
+
+mod helpers;
+
+mod faults;
+mod operations;
+mod webhooks;

@@ -1,0 +1,256 @@
+//! What a Twilio webhook becomes in Supabase: the end-to-end behaviour, on every kind of stack.
+
+use devstack::{jwt, Grants, KeyKind, Stack, PUBLISHABLE_KEY};
+use twilio_ingest::twilio::Params;
+
+use crate::helpers::*;
+use crate::on_every_stack;
+
+async fn assert_twiml(response: reqwest::Response) {
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "text/xml");
+    assert_eq!(response.text().await.unwrap(), r#"<?xml version="1.0" encoding="UTF-8"?><Response></Response>"#);
+}
+
+on_every_stack!(a_dm_via_sms_creates_the_user_and_a_dm_job);
+async fn a_dm_via_sms_creates_the_user_and_a_dm_job(stack: &Stack, app: &TestApp) {
+    let phone = unique_phone();
+    let params = sms(&phone, "hello there");
+    let sid = params.get("MessageSid").unwrap().to_owned();
+    assert_twiml(app.post_signed(&params).await).await;
+
+    let job = q(stack, &format!(
+        "select concat_ws('|', user_id, user_phone, source_type, source_channel_id, content_type, status, payload->>'Body', payload->>'SmsSid')
+         from jobs where message_sid = '{sid}'"
+    ));
+    assert_eq!(job, vec![Some(format!("{phone}|{phone}|dm|{phone}|text|pending|hello there|{sid}"))]);
+    assert_eq!(count(stack, &format!("select count(*) from users where phone_number = '{phone}' and first_name is null")), 1);
+}
+
+on_every_stack!(a_whatsapp_dm_strips_the_prefix_and_names_the_user);
+async fn a_whatsapp_dm_strips_the_prefix_and_names_the_user(stack: &Stack, app: &TestApp) {
+    let phone = unique_phone();
+    let wa = format!("whatsapp:{phone}");
+    let mut pairs = sms(&wa, "hola").pairs().to_vec();
+    pairs.push(("ProfileName".into(), "Ada".into()));
+    pairs.push(("WaId".into(), phone[1..].to_owned()));
+    let params = Params::from_pairs(pairs);
+    let sid = params.get("MessageSid").unwrap().to_owned();
+    assert_twiml(app.post_signed(&params).await).await;
+
+    assert_eq!(q(stack, &format!("select first_name from users where phone_number = '{phone}'")), vec![Some("Ada".into())]);
+    assert_eq!(
+        q(stack, &format!("select user_phone || '|' || source_channel_id from jobs where message_sid = '{sid}'")),
+        vec![Some(format!("{phone}|{wa}"))]
+    );
+
+    // A later profile name does not clobber the one the user has.
+    let mut again = sms(&wa, "again").pairs().to_vec();
+    again.push(("ProfileName".into(), "Someone Else".into()));
+    assert_twiml(app.post_signed(&Params::from_pairs(again)).await).await;
+    assert_eq!(q(stack, &format!("select first_name from users where phone_number = '{phone}'")), vec![Some("Ada".into())]);
+    assert_eq!(count(stack, &format!("select count(*) from jobs where user_id = '{phone}'")), 2);
+}
+
+on_every_stack!(a_conversations_message_is_a_group_job_in_its_conversation);
+async fn a_conversations_message_is_a_group_job_in_its_conversation(stack: &Stack, app: &TestApp) {
+    let phone = unique_phone();
+    let conversation = unique("CH");
+    let params = group_message(&conversation, &phone, "hi all");
+    let sid = params.get("MessageSid").unwrap().to_owned();
+    assert_twiml(app.post_signed(&params).await).await;
+    assert_eq!(
+        q(stack, &format!("select concat_ws('|', source_type, source_channel_id, user_id, content_type) from jobs where message_sid = '{sid}'")),
+        vec![Some(format!("group|{conversation}|{phone}|text"))]
+    );
+}
+
+on_every_stack!(other_conversations_events_are_acknowledged_and_write_nothing);
+async fn other_conversations_events_are_acknowledged_and_write_nothing(stack: &Stack, app: &TestApp) {
+    let conversation = unique("CH");
+    let params = Params::from_pairs([("EventType", "onConversationAdded"), ("ConversationSid", conversation.as_str())]);
+    assert_twiml(app.post_signed(&params).await).await;
+    let in_payload = format!("select count(*) from {{}} where payload->>'ConversationSid' = '{conversation}'");
+    assert_eq!(count(stack, &in_payload.replace("{}", "jobs")), 0);
+    assert_eq!(count(stack, &in_payload.replace("{}", "dlq_jobs")), 0);
+}
+
+on_every_stack!(the_same_message_sid_sent_three_times_makes_one_job);
+async fn the_same_message_sid_sent_three_times_makes_one_job(stack: &Stack, app: &TestApp) {
+    let params = sms(&unique_phone(), "retry me");
+    let sid = params.get("MessageSid").unwrap().to_owned();
+    // Twice in sequence, then concurrently, as Twilio retries and re-sends can arrive.
+    assert_twiml(app.post_signed(&params).await).await;
+    let (a, b) = tokio::join!(app.post_signed(&params), app.post_signed(&params));
+    assert_twiml(a).await;
+    assert_twiml(b).await;
+    assert_eq!(count(stack, &format!("select count(*) from jobs where message_sid = '{sid}'")), 1);
+}
+
+on_every_stack!(a_forged_signature_writes_nothing);
+async fn a_forged_signature_writes_nothing(stack: &Stack, app: &TestApp) {
+    let phone = unique_phone();
+    let params = sms(&phone, "forged");
+    let wrong = twilio_ingest::twilio::signature::sign("not-the-token", &format!("{PUBLIC_URL}/webhooks/twilio"), &params);
+    assert_eq!(app.post_with_signature(&params, Some(&wrong)).await.status(), 403);
+    assert_eq!(app.post_with_signature(&params, None).await.status(), 403);
+    assert_eq!(count(stack, &format!("select count(*) from users where phone_number = '{phone}'")), 0);
+    assert_eq!(count(stack, &format!("select count(*) from jobs where user_phone = '{phone}'")), 0);
+    assert_eq!(count(stack, &format!("select count(*) from dlq_jobs where payload->>'From' = '{phone}'")), 0);
+}
+
+on_every_stack!(a_tampered_body_writes_nothing);
+async fn a_tampered_body_writes_nothing(stack: &Stack, app: &TestApp) {
+    let phone = unique_phone();
+    let params = sms(&phone, "pay 10");
+    let sig = sign(&params);
+    let tampered: Vec<(String, String)> = params
+        .pairs()
+        .iter()
+        .map(|(k, v)| (k.clone(), if k == "Body" { "pay 1000".into() } else { v.clone() }))
+        .collect();
+    assert_eq!(app.post_with_signature(&Params::from_pairs(tampered), Some(&sig)).await.status(), 403);
+    assert_eq!(count(stack, &format!("select count(*) from jobs where user_phone = '{phone}'")), 0);
+    assert_eq!(count(stack, &format!("select count(*) from users where phone_number = '{phone}'")), 0);
+}
+
+on_every_stack!(an_mms_with_two_media_keeps_both_in_the_payload);
+async fn an_mms_with_two_media_keeps_both_in_the_payload(stack: &Stack, app: &TestApp) {
+    let mut pairs: Vec<(String, String)> =
+        sms(&unique_phone(), "").pairs().iter().filter(|(k, _)| k != "NumMedia").cloned().collect();
+    pairs.extend([
+        ("NumMedia".into(), "2".into()),
+        ("MediaUrl0".into(), "https://api.twilio.com/2010-04-01/Accounts/AC0/Messages/MM0/Media/ME0".into()),
+        ("MediaContentType0".into(), "image/jpeg".into()),
+        ("MediaUrl1".into(), "https://api.twilio.com/2010-04-01/Accounts/AC0/Messages/MM0/Media/ME1".into()),
+        ("MediaContentType1".into(), "image/png".into()),
+    ]);
+    let params = Params::from_pairs(pairs);
+    let sid = params.get("MessageSid").unwrap().to_owned();
+    assert_twiml(app.post_signed(&params).await).await;
+    assert_eq!(
+        q(stack, &format!(
+            "select concat_ws('|', content_type, payload->>'NumMedia', payload->>'MediaContentType0', payload->>'MediaContentType1', payload->>'MediaUrl1')
+             from jobs where message_sid = '{sid}'"
+        )),
+        vec![Some("image|2|image/jpeg|image/png|https://api.twilio.com/2010-04-01/Accounts/AC0/Messages/MM0/Media/ME1".into())]
+    );
+}
+
+on_every_stack!(a_signed_message_without_a_sender_is_dead_lettered);
+async fn a_signed_message_without_a_sender_is_dead_lettered(stack: &Stack, app: &TestApp) {
+    let params: Vec<(String, String)> = sms("+15005550006", "who am I").pairs().iter().filter(|(k, _)| k != "From").cloned().collect();
+    let params = Params::from_pairs(params);
+    let sid = params.get("MessageSid").unwrap().to_owned();
+    assert_twiml(app.post_signed(&params).await).await;
+    assert_eq!(count(stack, &format!("select count(*) from jobs where message_sid = '{sid}'")), 0);
+    assert_eq!(
+        q(stack, &format!("select concat_ws('|', error_kind, error, payload->>'Body') from dlq_jobs where message_sid = '{sid}'")),
+        vec![Some("unusable|no sender: From is missing|who am I".into())]
+    );
+}
+
+on_every_stack!(a_repeated_key_is_kept_as_an_array_in_the_payload);
+async fn a_repeated_key_is_kept_as_an_array_in_the_payload(stack: &Stack, app: &TestApp) {
+    let mut pairs = group_message(&unique("CH"), &unique_phone(), "x").pairs().to_vec();
+    pairs.push(("MessagingBinding.Address".into(), "+15005550006".into()));
+    pairs.push(("MessagingBinding.Address".into(), "+15005550007".into()));
+    let params = Params::from_pairs(pairs);
+    let sid = params.get("MessageSid").unwrap().to_owned();
+    assert_twiml(app.post_signed(&params).await).await;
+    assert_eq!(
+        q(stack, &format!("select payload->>'MessagingBinding.Address' from jobs where message_sid = '{sid}'")),
+        vec![Some(r#"["+15005550006", "+15005550007"]"#.into())]
+    );
+}
+
+/// The anon key (legacy or publishable) can neither read nor write any of the tables.
+#[test]
+fn the_anon_key_can_neither_read_nor_write_any_table() {
+    for grants in [Grants::Default, Grants::None] {
+        let stack = shared_stack(grants);
+        let anon = jwt("anon");
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        runtime.block_on(async {
+            let client = reqwest::Client::new();
+            for (apikey, bearer) in [(anon.as_str(), Some(anon.as_str())), (PUBLISHABLE_KEY, None)] {
+                for table in ["users", "jobs", "dlq_jobs"] {
+                    let url = format!("{}/rest/v1/{table}", stack.url());
+                    let with_key = |r: reqwest::RequestBuilder| {
+                        let r = r.header("apikey", apikey);
+                        match bearer {
+                            Some(b) => r.bearer_auth(b),
+                            None => r,
+                        }
+                    };
+                    let read = with_key(client.get(format!("{url}?select=*&limit=1"))).send().await.unwrap();
+                    assert!(matches!(read.status().as_u16(), 401 | 403), "{grants:?} read {table}: {}", read.status());
+                    let body = match table {
+                        "users" => r#"{"phone_number":"+15005550099"}"#,
+                        "jobs" => r#"{"user_id":"+15005550099","source_channel_id":"x","source_type":"dm","user_phone":"+15005550099","payload":{}}"#,
+                        _ => r#"{"payload":{},"error":"x","error_kind":"unusable"}"#,
+                    };
+                    let write = with_key(client.post(&url)).header("Content-Type", "application/json").body(body).send().await.unwrap();
+                    assert!(matches!(write.status().as_u16(), 401 | 403), "{grants:?} write {table}: {}", write.status());
+                }
+                let rpc = with_rpc_key(&client, &stack.url(), apikey, bearer).await;
+                assert!(matches!(rpc, 401 | 403 | 404), "{grants:?} rpc: {rpc}");
+            }
+        });
+        assert_eq!(count(stack, "select count(*) from users where phone_number = '+15005550099'"), 0);
+    }
+}
+
+async fn with_rpc_key(client: &reqwest::Client, url: &str, apikey: &str, bearer: Option<&str>) -> u16 {
+    let mut r = client
+        .post(format!("{url}/rest/v1/rpc/ingest_messages"))
+        .header("apikey", apikey)
+        .header("Content-Type", "application/json")
+        .body(r#"{"messages":[]}"#);
+    if let Some(b) = bearer {
+        r = r.bearer_auth(b);
+    }
+    r.send().await.unwrap().status().as_u16()
+}
+
+/// The gateway is Supabase-like: no key, a wrong key, or a secret key with a stray bearer is refused.
+#[test]
+fn the_gateway_refuses_requests_without_a_valid_key() {
+    let stack = shared_stack(Grants::None);
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let client = reqwest::Client::new();
+        let url = format!("{}/rest/v1/jobs?select=id&limit=0", stack.url());
+        let none = client.get(&url).send().await.unwrap();
+        assert_eq!(none.status(), 401);
+        assert_eq!(none.text().await.unwrap(), r#"{"message":"No API key found in request"}"#);
+        let wrong = client.get(&url).header("apikey", "sb_secret_wrong").send().await.unwrap();
+        assert_eq!(wrong.text().await.unwrap(), r#"{"message":"Invalid API key"}"#);
+        let secret = KeyKind::Secret.service_key();
+        let ok = client.get(&url).header("apikey", &secret).send().await.unwrap();
+        assert_eq!(ok.status(), 200);
+        let stray = client.get(&url).header("apikey", &secret).bearer_auth(jwt("anon")).send().await.unwrap();
+        assert_eq!(stray.status(), 401);
+    });
+}
+
+/// An insert PostgREST refuses (here, the service role's grant on `jobs` is gone) is dead-lettered
+/// with the error, and Twilio still gets its 200.
+#[tokio::test]
+async fn an_insert_refused_by_postgrest_is_dead_lettered_and_answered_200() {
+    for grants in [Grants::Default, Grants::None] {
+        let stack = Stack::start(grants).unwrap();
+        stack.execute("revoke insert on table public.jobs from service_role").unwrap();
+        let app = spawn_app(&stack, KeyKind::Secret).await;
+        let params = sms(&unique_phone(), "refused");
+        let sid = params.get("MessageSid").unwrap().to_owned();
+        assert_twiml(app.post_signed(&params).await).await;
+        assert_eq!(count(&stack, "select count(*) from jobs"), 0);
+        let letter = q(&stack, &format!("select error_kind || '|' || error || '|' || (payload->>'Body') from dlq_jobs where message_sid = '{sid}'"));
+        assert_eq!(letter.len(), 1, "{grants:?}");
+        let letter = letter[0].clone().unwrap();
+        assert!(letter.starts_with("rejected|PostgREST answered 403 (42501): permission denied for table jobs"), "{letter}");
+        assert!(letter.ends_with("|refused"), "{letter}");
+        app.stop().await;
+    }
+}
