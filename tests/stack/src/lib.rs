@@ -95,15 +95,20 @@ pub fn repo_root() -> PathBuf {
 
 impl Stack {
     pub fn start(grants: Grants) -> Result<Stack> {
+        Self::start_on(grants, free_port(), free_port())
+    }
+
+    /// Starts a stack on given gateway and database ports, so its URLs are known in advance.
+    pub fn start_on(grants: Grants, gateway_port: u16, pg_port: u16) -> Result<Stack> {
         let bins = Bins::find()?;
         let dir = std::env::temp_dir().join(format!("devstack-{}-{}", std::process::id(), free_port()));
         fs::create_dir_all(&dir)?;
         let stack = Stack {
             dir,
             grants,
-            pg_port: free_port(),
+            pg_port,
             postgrest_port: free_port(),
-            gateway_port: free_port(),
+            gateway_port,
             bins,
             children: Mutex::new(Children { postgres: None, postgrest: None, nginx: None }),
         };

@@ -1,6 +1,6 @@
 //! `devstack`: brings up the local Supabase-like stack and runs a command against it.
 //!
-//! Usage: devstack [--secret-key] [--no-default-grants] [-- COMMAND ARGS...]
+//! Usage: devstack [--secret-key] [--no-default-grants] [--gateway-port N] [--db-port N] [-- COMMAND ARGS...]
 //! The command gets SUPABASE_URL, SUPABASE_SERVICE_ROLE_KEY and DATABASE_URL; without one,
 //! devstack prints them and waits for Ctrl-C. The stack stops when devstack does.
 
@@ -15,13 +15,27 @@ fn main() -> ExitCode {
     let command = command.get(1..).unwrap_or_default();
     let key = if flags.iter().any(|f| f == "--secret-key") { KeyKind::Secret } else { KeyKind::LegacyJwt };
     let grants = if flags.iter().any(|f| f == "--no-default-grants") { Grants::None } else { Grants::Default };
-    if let Some(unknown) = flags.iter().find(|f| !matches!(f.as_str(), "--secret-key" | "--no-default-grants")) {
-        eprintln!("devstack: unknown flag {unknown}\nusage: devstack [--secret-key] [--no-default-grants] [-- COMMAND ARGS...]");
-        return ExitCode::from(2);
+    let mut gateway_port = None;
+    let mut db_port = None;
+    let mut rest = flags.iter();
+    while let Some(flag) = rest.next() {
+        match flag.as_str() {
+            "--secret-key" | "--no-default-grants" => {}
+            "--gateway-port" => gateway_port = rest.next().and_then(|p| p.parse::<u16>().ok()),
+            "--db-port" => db_port = rest.next().and_then(|p| p.parse::<u16>().ok()),
+            unknown => {
+                eprintln!("devstack: unknown flag {unknown}\nusage: devstack [--secret-key] [--no-default-grants] [--gateway-port N] [--db-port N] [-- COMMAND ARGS...]");
+                return ExitCode::from(2);
+            }
+        }
     }
 
     eprintln!("devstack: starting PostgreSQL, PostgREST and the gateway...");
-    let stack = match Stack::start(grants) {
+    let stack = match Stack::start_on(
+        grants,
+        gateway_port.unwrap_or_else(devstack::free_port),
+        db_port.unwrap_or_else(devstack::free_port),
+    ) {
         Ok(stack) => stack,
         Err(e) => {
             eprintln!("devstack: {e:#}");
