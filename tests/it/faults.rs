@@ -1,0 +1,297 @@
+//! Nothing acknowledged is lost: faults injected into real processes while signed messages flow.
+//! Every acknowledged MessageSid must end up in `jobs` or `dlq_jobs`, exactly once.
+
+use std::process::{Child, Command};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use devstack::{free_port, FaultMode, FaultProxy, Grants, KeyKind, Stack};
+use futures_util::StreamExt as _;
+use twilio_ingest::ingest::Settings;
+use twilio_ingest::supabase::Supabase;
+
+use crate::helpers::*;
+
+const DEADLINE_MS: &str = "800";
+
+fn fast_replay() -> Settings {
+    Settings { replay_interval: Duration::from_millis(200), ..Settings::default() }
+}
+
+/// What one webhook delivery came to: the MessageSid, the status (None if the connection failed,
+/// which Twilio retries), and how long the answer took.
+type Sent = (String, Option<u16>, Duration);
+
+/// Sends `n` distinct signed messages to `url` at `concurrency`, counting answers in `done`.
+async fn send_load(url: String, n: usize, concurrency: usize, done: Arc<AtomicUsize>) -> Vec<Sent> {
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(20)).build().unwrap();
+    futures_util::stream::iter(0..n)
+        .map(|i| {
+            let (client, url, done) = (client.clone(), url.clone(), done.clone());
+            async move {
+                let params = if i % 5 == 4 {
+                    group_message("CH00000000000000000000000000000009", &unique_phone(), "group load")
+                } else {
+                    sms(&unique_phone(), "load")
+                };
+                let sid = params.get("MessageSid").unwrap().to_owned();
+                let started = Instant::now();
+                let status = client
+                    .post(&url)
+                    .header("X-Twilio-Signature", sign(&params))
+                    .header("Content-Type", "application/x-www-form-urlencoded")
+                    .body(form(&params))
+                    .send()
+                    .await
+                    .ok()
+                    .map(|r| r.status().as_u16());
+                done.fetch_add(1, Ordering::SeqCst);
+                (sid, status, started.elapsed())
+            }
+        })
+        .buffer_unordered(concurrency)
+        .collect()
+        .await
+}
+
+fn acknowledged(sent: &[Sent]) -> Vec<String> {
+    sent.iter().filter(|(_, status, _)| *status == Some(200)).map(|(sid, _, _)| sid.clone()).collect()
+}
+
+async fn wait_until(done: &AtomicUsize, n: usize) {
+    while done.load(Ordering::SeqCst) < n {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Runs `fault` after a third of the load has been answered and `recover` after two thirds.
+async fn load_through_fault(
+    app: &TestApp,
+    n: usize,
+    fault: impl FnOnce() + Send + 'static,
+    recover: impl FnOnce() + Send + 'static,
+) -> Vec<Sent> {
+    let done = Arc::new(AtomicUsize::new(0));
+    let load = tokio::spawn(send_load(app.url(), n, 16, done.clone()));
+    wait_until(&done, n / 3).await;
+    tokio::task::spawn_blocking(fault).await.unwrap();
+    wait_until(&done, 2 * n / 3).await;
+    tokio::task::spawn_blocking(recover).await.unwrap();
+    load.await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgrest_killed_mid_run_and_restarted_loses_nothing() {
+    let stack = Arc::new(Stack::start(Grants::None).unwrap());
+    let app = spawn_app_at(&stack.url(), KeyKind::Secret, &temp_dir("spool"), fast_replay(), &[("INGEST_DEADLINE_MS", DEADLINE_MS)]).await;
+    let (a, b) = (stack.clone(), stack.clone());
+    let sent = load_through_fault(&app, 300, move || a.kill_postgrest(), move || b.start_postgrest().unwrap()).await;
+    let acked = acknowledged(&sent);
+    assert_eq!(acked.len(), 300, "every signed request is answered 200");
+    assert!(app.wait_for_empty_spool(Duration::from_secs(30)).await, "the spool drains once PostgREST is back");
+    assert_each_stored_once(&stack, &acked);
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_restarted_mid_run_loses_nothing() {
+    let stack = Arc::new(Stack::start(Grants::Default).unwrap());
+    let app = spawn_app_at(&stack.url(), KeyKind::LegacyJwt, &temp_dir("spool"), fast_replay(), &[("INGEST_DEADLINE_MS", DEADLINE_MS)]).await;
+    let (a, b) = (stack.clone(), stack.clone());
+    let sent = load_through_fault(&app, 300, move || a.stop_postgres(), move || b.start_postgres().unwrap()).await;
+    let acked = acknowledged(&sent);
+    assert_eq!(acked.len(), 300, "every signed request is answered 200");
+    assert!(app.wait_for_empty_spool(Duration::from_secs(30)).await, "the spool drains once PostgreSQL is back");
+    assert_each_stored_once(&stack, &acked);
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_gateway_still_gets_every_answer_within_the_deadline() {
+    let stack = Stack::start(Grants::None).unwrap();
+    let proxy = FaultProxy::start(stack.gateway_port);
+    let url = format!("http://127.0.0.1:{}", proxy.port);
+    let app = spawn_app_at(&url, KeyKind::Secret, &temp_dir("spool"), fast_replay(), &[("INGEST_DEADLINE_MS", DEADLINE_MS)]).await;
+    proxy.set(FaultMode::Stall);
+    let sent = send_load(app.url(), 200, 16, Arc::new(AtomicUsize::new(0))).await;
+    let slowest = sent.iter().map(|(_, _, took)| *took).max().unwrap();
+    assert!(slowest < Duration::from_millis(800 + 400), "slowest answer took {slowest:?}");
+    let acked = acknowledged(&sent);
+    assert_eq!(acked.len(), 200);
+    assert!(app.ingestor.spool_depth() > 0, "stalled messages wait in the spool");
+    proxy.set(FaultMode::Pass);
+    assert!(app.wait_for_empty_spool(Duration::from_secs(30)).await);
+    assert_each_stored_once(&stack, &acked);
+    app.stop().await;
+}
+
+/// The service as a separate process, to be killed for real.
+struct Service {
+    child: Child,
+    port: u16,
+}
+
+impl Service {
+    fn start(supabase_url: &str, spool_dir: &std::path::Path) -> Service {
+        let port = free_port();
+        let child = Command::new(env!("CARGO_BIN_EXE_twilio-ingest"))
+            .env_clear()
+            .env("TWILIO_AUTH_TOKEN", TOKEN)
+            .env("PUBLIC_URL", PUBLIC_URL)
+            .env("SUPABASE_URL", supabase_url)
+            .env("SUPABASE_SERVICE_ROLE_KEY", KeyKind::Secret.service_key())
+            .env("SPOOL_DIR", spool_dir)
+            .env("HOST", "127.0.0.1")
+            .env("PORT", port.to_string())
+            .env("INGEST_DEADLINE_MS", DEADLINE_MS)
+            .env("LOG_FORMAT", "json")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::OpenOptions::new().create(true).append(true).open(spool_dir.with_extension("log")).unwrap())
+            .spawn()
+            .unwrap();
+        let until = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < until, "the service did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Service { child, port }
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/webhooks/twilio", self.port)
+    }
+
+    fn signal(&self, signal: i32) {
+        // SAFETY: kill with the pid of our own child.
+        unsafe { libc::kill(self.child.id() as i32, signal) };
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn wait_for_jobs(stack: &Stack, sids: &[String], limit: Duration) {
+    let until = Instant::now() + limit;
+    let list = sql_list(sids);
+    loop {
+        let stored = count(stack, &format!("select count(*) from jobs where message_sid in ({list})"));
+        if stored as usize >= sids.len() || Instant::now() > until {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_killed_right_after_acknowledging_replays_its_spool_on_restart() {
+    let stack = Stack::start(Grants::None).unwrap();
+    let proxy = FaultProxy::start(stack.gateway_port);
+    let url = format!("http://127.0.0.1:{}", proxy.port);
+    let spool = temp_dir("spool");
+    proxy.set(FaultMode::Stall);
+    let mut service = Service::start(&url, &spool);
+    let sent = send_load(service.url(), 100, 16, Arc::new(AtomicUsize::new(0))).await;
+    let acked = acknowledged(&sent);
+    assert_eq!(acked.len(), 100);
+    service.signal(libc::SIGKILL);
+    service.child.wait().unwrap();
+    assert_eq!(count(&stack, &format!("select count(*) from jobs where message_sid in ({})", sql_list(&acked))), 0);
+
+    proxy.set(FaultMode::Pass);
+    let _restarted = Service::start(&url, &spool);
+    wait_for_jobs(&stack, &acked, Duration::from_secs(30)).await;
+    assert_each_stored_once(&stack, &acked);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_torn_last_spool_record_is_skipped_and_the_rest_replayed() {
+    let stack = Stack::start(Grants::Default).unwrap();
+    let proxy = FaultProxy::start(stack.gateway_port);
+    let url = format!("http://127.0.0.1:{}", proxy.port);
+    let spool = temp_dir("spool");
+    proxy.set(FaultMode::Stall);
+    let mut service = Service::start(&url, &spool);
+    let acked = acknowledged(&send_load(service.url(), 40, 8, Arc::new(AtomicUsize::new(0))).await);
+    assert_eq!(acked.len(), 40);
+    service.signal(libc::SIGKILL);
+    service.child.wait().unwrap();
+
+    // A crash in the middle of the next append: a header and part of a record.
+    let segment = std::fs::read_dir(&spool).unwrap().map(|e| e.unwrap().path()).max().unwrap();
+    let mut torn = 500u32.to_le_bytes().to_vec();
+    torn.extend_from_slice(&[0xAB; 4]);
+    torn.extend_from_slice(br#"{"payload":{"MessageSid":"SMtorn","From":"+1"#);
+    let mut bytes = std::fs::read(&segment).unwrap();
+    bytes.extend_from_slice(&torn);
+    std::fs::write(&segment, bytes).unwrap();
+
+    proxy.set(FaultMode::Pass);
+    let _restarted = Service::start(&url, &spool);
+    wait_for_jobs(&stack, &acked, Duration::from_secs(30)).await;
+    assert_each_stored_once(&stack, &acked);
+    assert_eq!(count(&stack, "select count(*) from jobs where message_sid = 'SMtorn'"), 0);
+    assert_eq!(count(&stack, "select count(*) from dlq_jobs where message_sid = 'SMtorn'"), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_load_loses_nothing_and_exits_in_time() {
+    let stack = Stack::start(Grants::None).unwrap();
+    let mut service = Service::start(&stack.url(), &temp_dir("spool"));
+    let done = Arc::new(AtomicUsize::new(0));
+    let load = tokio::spawn(send_load(service.url(), 300, 16, done.clone()));
+    wait_until(&done, 100).await;
+    let signalled = Instant::now();
+    service.signal(libc::SIGTERM);
+    let status = tokio::task::spawn_blocking(move || {
+        let status = service.child.wait().unwrap();
+        (status, service)
+    })
+    .await
+    .unwrap()
+    .0;
+    let took = signalled.elapsed();
+    assert!(status.success(), "{status:?}");
+    // The bound: one deadline for requests in flight, one for their batches, and a second.
+    assert!(took < Duration::from_millis(2 * 800 + 1000 + 500), "exit took {took:?}");
+    let sent = load.await.unwrap();
+    let acked = acknowledged(&sent);
+    assert!(acked.len() >= 100, "{} acknowledged", acked.len());
+    assert!(sent.iter().all(|(_, status, _)| matches!(status, None | Some(200))), "no error answers");
+    assert_each_stored_once(&stack, &acked);
+}
+
+#[tokio::test]
+async fn dlq_replay_moves_fixed_dead_letters_into_jobs_once_even_run_twice() {
+    let stack = Stack::start(Grants::None).unwrap();
+    stack.execute("revoke insert on table public.jobs from service_role").unwrap();
+    let app = spawn_app(&stack, KeyKind::LegacyJwt).await;
+    let mut sids = Vec::new();
+    for i in 0..5 {
+        let params = sms(&unique_phone(), &format!("dead letter {i}"));
+        sids.push(params.get("MessageSid").unwrap().to_owned());
+        assert_eq!(app.post_signed(&params).await.status(), 200);
+    }
+    assert_eq!(count(&stack, "select count(*) from dlq_jobs where error_kind = 'rejected' and replayed_at is null"), 5);
+
+    let supabase = Supabase::new(&stack.url(), &twilio_ingest::supabase::ServiceKey::parse(&KeyKind::LegacyJwt.service_key()).unwrap());
+    let still_broken = twilio_ingest::dlq::replay(&supabase, 100).await.unwrap();
+    assert_eq!(still_broken.replayed.len(), 0);
+    assert_eq!(still_broken.still_failing.len(), 5);
+    assert_eq!(count(&stack, "select count(*) from dlq_jobs where replay_error like '%42501%'"), 5);
+
+    stack.execute("grant insert on table public.jobs to service_role").unwrap();
+    let first = twilio_ingest::dlq::replay(&supabase, 100).await.unwrap();
+    let second = twilio_ingest::dlq::replay(&supabase, 100).await.unwrap();
+    assert_eq!((first.replayed.len(), first.still_failing.len()), (5, 0));
+    assert_eq!((second.replayed.len(), second.still_failing.len()), (0, 0));
+    let list = sql_list(&sids);
+    assert_eq!(count(&stack, &format!("select count(*) from jobs where message_sid in ({list})")), 5);
+    assert_eq!(count(&stack, &format!("select count(distinct message_sid) from jobs where message_sid in ({list})")), 5);
+    assert_eq!(count(&stack, "select count(*) from dlq_jobs where replayed_at is not null"), 5);
+    app.stop().await;
+}

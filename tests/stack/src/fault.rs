@@ -67,6 +67,8 @@ impl FaultProxy {
 }
 
 async fn handle(mut client: TcpStream, upstream: u16, mode: u8, mut epoch: watch::Receiver<u64>) {
+    // Only a change after this connection was accepted may cut it.
+    epoch.borrow_and_update();
     let _ = client.set_nodelay(true);
     match mode {
         m if m == FaultMode::Drop as u8 => {}
