@@ -11,8 +11,10 @@ use axum::routing::{get, post};
 use axum::Router;
 use metrics_exporter_prometheus::PrometheusHandle;
 use secrecy::SecretString;
+use tower::limit::ConcurrencyLimitLayer;
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::timeout::RequestBodyTimeoutLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 use tracing::field::Empty;
@@ -24,6 +26,11 @@ use crate::twilio::{signature, PublicUrl};
 /// Far above any Twilio webhook (a Conversations message with attributes is a few KiB).
 pub const BODY_LIMIT: usize = 256 * 1024;
 pub const WEBHOOK_PATH: &str = "/webhooks/twilio";
+/// Webhooks handled at once; more wait for a slot (their connections are not refused or answered
+/// with an error, which Twilio would not retry), so memory stays bounded under a flood.
+const MAX_IN_FLIGHT: usize = 2_048;
+/// A client that trickles its body cannot hold a connection longer than this.
+const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 const EMPTY_TWIML: &str = r#"<?xml version="1.0" encoding="UTF-8"?><Response></Response>"#;
 
 #[derive(Clone)]
@@ -43,11 +50,12 @@ pub(crate) struct Verifier {
 
 pub(crate) fn router(state: AppState) -> Router {
     Router::new()
-        .route(WEBHOOK_PATH, post(twilio_webhook))
+        .route(WEBHOOK_PATH, post(twilio_webhook).layer(ConcurrencyLimitLayer::new(MAX_IN_FLIGHT)))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(RequestBodyTimeoutLayer::new(BODY_TIMEOUT))
         .layer(
             ServiceBuilder::new()
                 .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))

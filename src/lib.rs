@@ -55,8 +55,7 @@ impl Application {
             tracing::warn!(depth = spool.depth(), "found spooled messages from an earlier run; replaying them");
         }
         let supabase = Supabase::new(&config.supabase_url, &config.service_key);
-        // Draining may take one deadline for requests in flight, then one for the batches they queued.
-        let drain_limit = settings.deadline * 2 + Duration::from_secs(1);
+        let drain_limit = drain_limit(settings.deadline);
         let (ingestor, workers) = Ingestor::start(supabase.clone(), spool, settings);
         let addr = SocketAddr::new(config.host, config.port);
         let listener = TcpListener::bind(addr).await.map_err(|source| StartError::Bind { addr, source })?;
@@ -109,6 +108,12 @@ impl Application {
         tracing::info!("stopped");
         Ok(())
     }
+}
+
+/// How long a graceful shutdown may take: one deadline for requests in flight, one for the
+/// batches they queued, and a second to spare. `fly.toml`'s kill_timeout must exceed it.
+pub fn drain_limit(deadline: Duration) -> Duration {
+    deadline * 2 + Duration::from_secs(1)
 }
 
 /// Completes on SIGINT (what Fly sends) or SIGTERM.

@@ -1,0 +1,268 @@
+//! Running it: readiness, metrics, request ids, logs without secrets, configuration errors, the
+//! operator commands, the Fly.io config, and the edge's limits.
+
+use std::process::Command;
+use std::time::Duration;
+
+use devstack::{Grants, KeyKind, Stack};
+use proptest::prelude::*;
+use twilio_ingest::twilio::Params;
+
+use crate::helpers::*;
+
+fn binary() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_twilio-ingest"));
+    cmd.env_clear();
+    cmd
+}
+
+fn service_env(cmd: &mut Command, stack: &Stack, key: KeyKind, port: u16) {
+    cmd.env("TWILIO_AUTH_TOKEN", TOKEN)
+        .env("PUBLIC_URL", PUBLIC_URL)
+        .env("SUPABASE_URL", stack.url())
+        .env("SUPABASE_SERVICE_ROLE_KEY", key.service_key())
+        .env("SPOOL_DIR", temp_dir("spool"))
+        .env("HOST", "127.0.0.1")
+        .env("PORT", port.to_string());
+}
+
+#[tokio::test]
+async fn readyz_is_ok_with_a_working_stack_and_says_why_not_otherwise() {
+    let app = spawn_app(shared_stack(Grants::None), KeyKind::Secret).await;
+    assert_eq!(app.get("/healthz").await.status(), 200);
+    let ready = app.get("/readyz").await;
+    assert_eq!(ready.status(), 200);
+    assert!(ready.text().await.unwrap().contains("spool_depth 0"));
+    app.stop().await;
+
+    let nowhere = format!("http://127.0.0.1:{}", devstack::free_port());
+    let app = spawn_app_at(&nowhere, KeyKind::Secret, &temp_dir("spool"), Default::default(), &[]).await;
+    assert_eq!(app.get("/healthz").await.status(), 200);
+    let not_ready = app.get("/readyz").await;
+    assert_eq!(not_ready.status(), 503);
+    assert!(not_ready.text().await.unwrap().contains("not ready: table users: could not reach Supabase"));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn readyz_names_a_table_the_key_cannot_read() {
+    let stack = Stack::start(Grants::None).unwrap();
+    stack.execute("revoke select on table public.dlq_jobs from service_role").unwrap();
+    let app = spawn_app(&stack, KeyKind::LegacyJwt).await;
+    let not_ready = app.get("/readyz").await;
+    assert_eq!(not_ready.status(), 503);
+    let why = not_ready.text().await.unwrap();
+    assert!(why.contains("table dlq_jobs") && why.contains("42501"), "{why}");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn metrics_count_webhooks_by_outcome_and_time_rest_calls() {
+    let app = spawn_app(shared_stack(Grants::Default), KeyKind::LegacyJwt).await;
+    assert_eq!(app.post_signed(&sms(&unique_phone(), "metrics")).await.status(), 200);
+    assert_eq!(app.post_with_signature(&sms(&unique_phone(), "x"), Some("forged")).await.status(), 403);
+    let metrics = app.get("/metrics").await.text().await.unwrap();
+    for expected in [
+        r#"webhooks_total{outcome="ingested"}"#,
+        r#"webhooks_total{outcome="forged"}"#,
+        "webhook_duration_seconds_bucket",
+        r#"supabase_request_seconds_bucket{endpoint="ingest_messages",status="ok""#,
+        "batch_size_bucket",
+        "spool_depth",
+    ] {
+        assert!(metrics.contains(expected), "missing {expected} in:\n{metrics}");
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_request_id_is_echoed_or_generated() {
+    let app = spawn_app(shared_stack(Grants::Default), KeyKind::Secret).await;
+    let echoed = app.client.get(format!("http://{}/healthz", app.addr)).header("X-Request-Id", "req-42").send().await.unwrap();
+    assert_eq!(echoed.headers()["x-request-id"], "req-42");
+    let generated = app.get("/healthz").await;
+    assert_eq!(generated.headers()["x-request-id"].len(), 36);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_body_over_the_limit_is_refused_with_413() {
+    let app = spawn_app(shared_stack(Grants::Default), KeyKind::Secret).await;
+    let big = Params::from_pairs([("Body", "x".repeat(twilio_ingest::BODY_LIMIT + 1))]);
+    assert_eq!(app.post_signed(&big).await.status(), 413);
+    app.stop().await;
+}
+
+#[test]
+fn bad_configuration_stops_start_up_naming_the_variable() {
+    let stack = shared_stack(Grants::Default);
+    for (unset, broken, expected) in [
+        (Some("SUPABASE_URL"), None, "SUPABASE_URL is not set"),
+        (Some("TWILIO_AUTH_TOKEN"), None, "TWILIO_AUTH_TOKEN is not set"),
+        (None, Some(("PORT", "http")), "PORT is invalid"),
+        (None, Some(("SUPABASE_SERVICE_ROLE_KEY", devstack::PUBLISHABLE_KEY)), "SUPABASE_SERVICE_ROLE_KEY is invalid: this is a publishable key"),
+    ] {
+        let mut cmd = binary();
+        service_env(&mut cmd, stack, KeyKind::Secret, devstack::free_port());
+        if let Some(var) = unset {
+            cmd.env_remove(var);
+        }
+        if let Some((var, value)) = broken {
+            cmd.env(var, value);
+        }
+        let out = cmd.output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+        assert!(stderr.contains(expected), "{stderr}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_never_show_the_auth_token_or_the_service_key_even_at_trace() {
+    let stack = shared_stack(Grants::None);
+    for key in [KeyKind::LegacyJwt, KeyKind::Secret] {
+        let port = devstack::free_port();
+        let mut cmd = binary();
+        service_env(&mut cmd, stack, key, port);
+        let log = temp_dir("log").join("service.log");
+        cmd.env("RUST_LOG", "trace").env("LOG_FORMAT", "json").stdout(std::fs::File::create(&log).unwrap());
+        cmd.stderr(std::fs::OpenOptions::new().append(true).open(&log).unwrap());
+        let mut child = cmd.spawn().unwrap();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let client = reqwest::Client::new();
+        let url = format!("http://127.0.0.1:{port}/webhooks/twilio");
+        for sig in [Some(sign(&sms(&unique_phone(), "a"))), None] {
+            let params = sms(&unique_phone(), "logged");
+            let sig = sig.map(|_| sign(&params)).unwrap_or_else(|| "forged".into());
+            let status = client.post(&url).header("X-Twilio-Signature", sig).body(form(&params)).send().await.unwrap().status();
+            assert!(status == 200 || status == 403);
+        }
+        let _ = client.get(format!("http://127.0.0.1:{port}/readyz")).send().await;
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        child.wait().unwrap();
+        let text = std::fs::read_to_string(&log).unwrap();
+        assert!(text.contains("webhook handled") && text.contains("refused a webhook"), "the log has the events:\n{text}");
+        let service_key = key.service_key();
+        let jwt_signature = service_key.rsplit('.').next().unwrap();
+        for secret in [TOKEN, service_key.as_str(), jwt_signature, devstack::SECRET_KEY] {
+            assert!(!text.contains(secret), "a secret leaked into the log ({key:?})");
+        }
+    }
+}
+
+#[test]
+fn check_reports_a_working_project_and_a_missing_grant_in_plain_words() {
+    let stack = shared_stack(Grants::None);
+    let mut cmd = binary();
+    service_env(&mut cmd, stack, KeyKind::Secret, 8080);
+    let out = cmd.arg("check").output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(stdout.contains("supabase: ok"), "{stdout}");
+
+    let broken = Stack::start(Grants::None).unwrap();
+    broken.execute("revoke select on table public.jobs from service_role").unwrap();
+    let mut cmd = binary();
+    service_env(&mut cmd, &broken, KeyKind::LegacyJwt, 8080);
+    let out = cmd.arg("check").output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success());
+    assert!(stdout.contains("PROBLEM with table jobs") && stdout.contains("42501"), "{stdout}");
+}
+
+#[tokio::test]
+async fn send_signs_a_sample_message_that_the_service_ingests() {
+    let stack = shared_stack(Grants::Default);
+    let app = spawn_app(stack, KeyKind::LegacyJwt).await;
+    let phone = unique_phone();
+    let sid = unique("SM");
+    let mut cmd = binary();
+    service_env(&mut cmd, stack, KeyKind::LegacyJwt, app.addr.port());
+    cmd.args(["send", "--from", &format!("whatsapp:{phone}"), "--profile-name", "Grace", "--message-sid", &sid]);
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap()).await.unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(q(stack, &format!("select user_id from jobs where message_sid = '{sid}'")), vec![Some(phone.clone())]);
+    assert_eq!(q(stack, &format!("select first_name from users where phone_number = '{phone}'")), vec![Some("Grace".into())]);
+    app.stop().await;
+}
+
+#[test]
+fn fly_toml_agrees_with_the_code() {
+    let text = std::fs::read_to_string(devstack::repo_root().join("fly.toml")).unwrap();
+    let fly: toml::Value = toml::from_str(&text).unwrap();
+    let env = &fly["env"];
+    let service = &fly["http_service"];
+    // The port the proxy forwards to is the one the service listens on.
+    assert_eq!(service["internal_port"].as_integer(), Some(8080));
+    assert_eq!(env["PORT"].as_str(), Some("8080"));
+    assert_eq!(service["force_https"].as_bool(), Some(true));
+    assert_eq!(service["min_machines_running"].as_integer(), Some(1));
+    assert_eq!(service["auto_stop_machines"].as_str(), Some("off"));
+    // Health checks hit routes the service has.
+    let checks: Vec<&str> = service["checks"].as_array().unwrap().iter().map(|c| c["path"].as_str().unwrap()).collect();
+    assert_eq!(checks, ["/healthz"]);
+    assert_eq!(fly["checks"]["readyz"]["path"].as_str(), Some("/readyz"));
+    assert_eq!(fly["checks"]["readyz"]["port"].as_integer(), Some(8080));
+    // The spool lives on the volume.
+    let spool = env["SPOOL_DIR"].as_str().unwrap();
+    let mount = fly["mounts"].as_array().unwrap()[0]["destination"].as_str().unwrap();
+    assert!(spool.starts_with(&format!("{mount}/")), "SPOOL_DIR {spool} is not on the volume at {mount}");
+    // Fly's stop signal is one the service drains on, with time for the drain.
+    assert_eq!(fly["kill_signal"].as_str(), Some("SIGINT"));
+    let kill_timeout: u64 = fly["kill_timeout"].as_str().unwrap().trim_end_matches('s').parse().unwrap();
+    let config = config("http://127.0.0.1:1", KeyKind::Secret, std::path::Path::new(spool), &[]);
+    assert!(Duration::from_secs(kill_timeout) > twilio_ingest::drain_limit(config.deadline));
+}
+
+fn arbitrary_params() -> impl Strategy<Value = Vec<(String, String)>> {
+    let key = prop_oneof![
+        Just("From".to_string()),
+        Just("MessageSid".to_string()),
+        Just("Body".to_string()),
+        Just("EventType".to_string()),
+        Just("Author".to_string()),
+        Just("NumMedia".to_string()),
+        Just("Media".to_string()),
+        ".{0,12}",
+    ];
+    prop::collection::vec((key, ".{0,40}"), 0..8)
+}
+
+/// Whatever arrives, the service does not panic or fail: a signed request is always answered
+/// 200, and an unsigned one is refused and writes nothing.
+#[test]
+fn arbitrary_requests_never_break_the_edge() {
+    let stack = Stack::start(Grants::None).unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let app = runtime.block_on(spawn_app(&stack, KeyKind::Secret));
+    let config = ProptestConfig { cases: 48, failure_persistence: None, ..ProptestConfig::default() };
+    let mut runner = proptest::test_runner::TestRunner::new(config);
+    runner
+        .run(&(arbitrary_params(), prop::collection::vec(any::<u8>(), 0..200), "[ -~]{0,40}"), |(pairs, raw, header)| {
+            runtime.block_on(async {
+                let params = Params::from_pairs(pairs);
+                let signed = app.post_signed(&params).await.status();
+                prop_assert_eq!(signed, 200);
+                let unsigned = app
+                    .client
+                    .post(app.url())
+                    .header("X-Twilio-Signature", header.trim())
+                    .body(raw)
+                    .send()
+                    .await
+                    .unwrap()
+                    .status();
+                prop_assert_eq!(unsigned, 403);
+                Ok(())
+            })
+        })
+        .unwrap();
+    runtime.block_on(app.stop());
+    // Only the signed requests wrote anything: each became a job, a dead letter, or nothing.
+    let written = count(&stack, "select count(*) from jobs") + count(&stack, "select count(*) from dlq_jobs");
+    assert!(written <= 48, "{written} rows from 48 signed requests");
+}

@@ -1,0 +1,27 @@
+# syntax=docker/dockerfile:1
+# Build: dependencies are compiled in their own layer, cached until Cargo.toml or Cargo.lock change.
+FROM rust:1-slim-bookworm AS build
+WORKDIR /app
+COPY Cargo.toml Cargo.lock ./
+COPY tests/stack/Cargo.toml tests/stack/Cargo.toml
+RUN mkdir -p src benches tests/stack/src \
+ && echo 'fn main() {}' > src/main.rs && touch src/lib.rs \
+ && echo 'fn main() {}' > benches/throughput.rs \
+ && touch tests/stack/src/lib.rs && echo 'fn main() {}' > tests/stack/src/main.rs \
+ && cargo build --release --locked --bin twilio-ingest \
+ && rm -rf src
+COPY src src
+RUN touch src/main.rs src/lib.rs && cargo build --release --locked --bin twilio-ingest
+
+# Run: a slim base with CA certificates for HTTPS to Supabase, and an unprivileged user.
+FROM debian:bookworm-slim
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends ca-certificates \
+ && rm -rf /var/lib/apt/lists/* \
+ && useradd --system --uid 10001 --user-group --home-dir /nonexistent --shell /usr/sbin/nologin app
+COPY --from=build /app/target/release/twilio-ingest /usr/local/bin/twilio-ingest
+COPY scripts/docker-entrypoint.sh /usr/local/bin/docker-entrypoint
+ENV PORT=8080 SPOOL_DIR=/data/spool LOG_FORMAT=json
+EXPOSE 8080
+ENTRYPOINT ["/usr/local/bin/docker-entrypoint"]
+CMD ["serve"]
