@@ -239,6 +239,12 @@ fn main() {
         (base, svc, base1, svc1)
     });
     let peak_rss = rss_kib(service.id(), "VmHWM:");
+    if std::env::var_os("BENCH_METRICS").is_some() {
+        let metrics = runtime.block_on(async {
+            reqwest::get(format!("http://127.0.0.1:{port}/metrics")).await.unwrap().text().await.unwrap()
+        });
+        println!("{metrics}");
+    }
     let _ = service.kill();
     let _ = service.wait();
     let _ = std::fs::remove_dir_all(&spool);

@@ -17,6 +17,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::serve::ListenerExt as _;
 use tokio::net::TcpListener;
 
 pub use config::Config;
@@ -90,6 +91,10 @@ impl Application {
             tracing::info!("shutting down: no new connections, finishing requests in flight");
             let _ = stopping.send(());
         };
+        // Answers are small and latency is what Twilio waits on: no Nagle delay.
+        let listener = listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
         let serve = axum::serve(listener, router).with_graceful_shutdown(signal);
         let overdue = async move {
             if stopped.await.is_ok() {

@@ -95,7 +95,7 @@ impl Default for Settings {
         Settings {
             deadline: Duration::from_millis(2_500),
             max_batch: 200,
-            batches_in_flight: 4,
+            batches_in_flight: 2,
             queue_capacity: 8_192,
             replay_interval: Duration::from_secs(1),
         }

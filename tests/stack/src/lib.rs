@@ -222,6 +222,10 @@ http {{
     scgi_temp_path {tmp}/scgi;
     default_type application/json;
     map_hash_bucket_size 512;
+    # Keep request bodies (a batch is tens of KiB) in memory, as Supabase's gateway does, rather than
+    # spooling them to a temp file and sending them upstream in separate segments.
+    client_body_buffer_size 1m;
+    client_max_body_size 10m;
 
     # What kind of key the apikey header holds, as Supabase's gateway sees it.
     map $http_apikey $key_kind {{
