@@ -166,6 +166,34 @@ fn rss_kib(pid: u32, field: &str) -> u64 {
         .unwrap()
 }
 
+/// CPU time (clock ticks) used so far by each kind of process on the machine, by command name.
+fn cpu_by_process() -> std::collections::BTreeMap<String, u64> {
+    let mut ticks = std::collections::BTreeMap::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else { continue };
+        let name = stat[open + 1..close].to_owned();
+        let fields: Vec<&str> = stat[close + 2..].split_whitespace().collect();
+        let used: u64 = fields[11].parse::<u64>().unwrap_or(0) + fields[12].parse::<u64>().unwrap_or(0);
+        let group = match name.as_str() {
+            n if n.starts_with("postgrest") => "postgrest",
+            n if n.starts_with("postgres") => "postgresql",
+            n if n.starts_with("nginx") => "nginx",
+            n if n.starts_with("twilio-ingest") => "service",
+            n if n.starts_with("throughput") => "load generator",
+            _ => continue,
+        };
+        *ticks.entry(group.to_owned()).or_insert(0) += used;
+    }
+    ticks
+}
+
+fn cpu_share(before: &std::collections::BTreeMap<String, u64>, after: &std::collections::BTreeMap<String, u64>) -> String {
+    let used: Vec<(String, u64)> = after.iter().map(|(k, v)| (k.clone(), v - before.get(k).copied().unwrap_or(0))).collect();
+    let total: u64 = used.iter().map(|(_, v)| v).sum::<u64>().max(1);
+    used.iter().map(|(k, v)| format!("{k} {:.0}%", 100.0 * *v as f64 / total as f64)).collect::<Vec<_>>().join(", ")
+}
+
 fn start_service(stack: &Stack, spool: &std::path::Path) -> (Child, u16) {
     let port = free_port();
     let child = Command::new(env!("CARGO_BIN_EXE_twilio-ingest"))
@@ -230,8 +258,13 @@ fn main() {
         drive("warm-up", &raw_url, raw_jobs(500, "W"), CONCURRENCY, Some(&key)).await;
         drive("warm-up", &service_url, webhooks(500, "V"), CONCURRENCY, None).await;
 
+        let before = cpu_by_process();
         let (base, _) = drive("baseline: raw PostgREST", &raw_url, raw_jobs(n.min(10_000), "B"), CONCURRENCY, Some(&key)).await;
+        let between = cpu_by_process();
         let (svc, acked) = drive("service", &service_url, webhooks(n, "S"), CONCURRENCY, None).await;
+        let after = cpu_by_process();
+        println!("CPU while measuring the baseline: {}", cpu_share(&before, &between));
+        println!("CPU while measuring the service:  {}", cpu_share(&between, &after));
         stored_once(&stack, &acked);
         let (base1, _) = drive("baseline: raw PostgREST, c=1", &raw_url, raw_jobs(single, "C"), 1, Some(&key)).await;
         let (svc1, acked1) = drive("service, c=1", &service_url, webhooks(single, "D"), 1, None).await;
