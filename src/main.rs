@@ -138,6 +138,26 @@ async fn check(config: &Config) -> anyhow::Result<()> {
             println!("  (401: the key is wrong; 404/PGRST205: run `supabase db push`; 403/42501: the migrations' grants are missing)");
         }
     }
+    match supabase.schema_report(Duration::from_secs(10)).await {
+        Ok(tables) if tables.len() == 3 => {
+            let found: Vec<String> = tables.iter().flat_map(|t| t.problems()).collect();
+            if found.is_empty() {
+                println!("security: ok (RLS on, service_role granted, anon and authenticated granted nothing)");
+            }
+            for problem in &found {
+                println!("security: PROBLEM: {problem}");
+            }
+            problems += found.len();
+        }
+        Ok(tables) => {
+            problems += 1;
+            println!("security: PROBLEM: expected 3 tables, found {}; run `supabase db push`", tables.len());
+        }
+        Err(e) => {
+            problems += 1;
+            println!("security: PROBLEM: cannot read the schema report ({e}); run `supabase db push`");
+        }
+    }
     match twilio_ingest::spool::Spool::open(&config.spool_dir) {
         Ok(spool) => println!("spool: ok ({} waiting in {})", spool.depth(), config.spool_dir.display()),
         Err(e) => {

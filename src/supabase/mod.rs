@@ -66,6 +66,36 @@ pub struct DeadLetter {
     pub replay_error: Option<String>,
 }
 
+/// How one table is locked down, as `ingest_schema_report` sees it.
+#[derive(Deserialize, Debug, Clone)]
+pub struct TableReport {
+    pub table_name: String,
+    pub rls_enabled: bool,
+    pub service_role_privileges: Vec<String>,
+    /// Privileges anon or authenticated hold, as `role:privilege`; there should be none.
+    pub public_role_privileges: Vec<String>,
+}
+
+impl TableReport {
+    /// Each way the table falls short, in plain words.
+    pub fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        let t = &self.table_name;
+        if !self.rls_enabled {
+            problems.push(format!("table {t}: row level security is off"));
+        }
+        for needed in ["select", "insert", "update"] {
+            if !self.service_role_privileges.iter().any(|p| p == needed) {
+                problems.push(format!("table {t}: service_role may not {needed}; the migration's grants are missing"));
+            }
+        }
+        if !self.public_role_privileges.is_empty() {
+            problems.push(format!("table {t}: anon/authenticated hold {}; revoke them", self.public_role_privileges.join(", ")));
+        }
+        problems
+    }
+}
+
 #[derive(Clone)]
 pub struct Supabase {
     rest_url: String,
@@ -147,6 +177,19 @@ impl Supabase {
             self.send(request, None, timeout).await.map_err(|e| (table, e))?;
         }
         Ok(())
+    }
+
+    /// RLS and grants on the three tables.
+    pub async fn schema_report(&self, timeout: Duration) -> Result<Vec<TableReport>, Error> {
+        let request = Builder::new(
+            format!("{}/rpc/ingest_schema_report", self.rest_url),
+            None,
+            self.headers.clone(),
+            self.client.clone(),
+        )
+        .rpc("{}");
+        let answer = self.send(request, None, timeout).await?;
+        serde_json::from_slice(&answer).map_err(|e| Error::Decode(e.to_string()))
     }
 
     async fn send(&self, request: Builder, prefer: Option<&'static str>, timeout: Duration) -> Result<Bytes, Error> {

@@ -97,3 +97,29 @@ $$;
 
 revoke execute on function public.ingest_messages(jsonb) from public, anon, authenticated;
 grant execute on function public.ingest_messages(jsonb) to service_role;
+
+-- What `twilio-ingest check` reads to confirm the tables are locked down as above: RLS on, the
+-- service role able to do its work, anon and authenticated able to do nothing.
+create function public.ingest_schema_report()
+returns table (table_name text, rls_enabled boolean, service_role_privileges text[], public_role_privileges text[])
+language sql
+stable
+security invoker
+set search_path = ''
+as $$
+    select c.relname::text,
+           c.relrowsecurity,
+           array(select p from unnest(array['select', 'insert', 'update']) as p
+                 where has_table_privilege('service_role', c.oid, p)),
+           array(select r || ':' || p
+                 from unnest(array['anon', 'authenticated']) as r,
+                      unnest(array['select', 'insert', 'update', 'delete']) as p
+                 where has_table_privilege(r, c.oid, p))
+    from pg_catalog.pg_class as c
+    join pg_catalog.pg_namespace as n on n.oid = c.relnamespace
+    where n.nspname = 'public' and c.relname in ('users', 'jobs', 'dlq_jobs')
+    order by c.relname;
+$$;
+
+revoke execute on function public.ingest_schema_report() from public, anon, authenticated;
+grant execute on function public.ingest_schema_report() to service_role;

@@ -156,22 +156,38 @@ async fn logs_never_show_the_auth_token_or_the_service_key_even_at_trace() {
 
 #[test]
 fn check_reports_a_working_project_and_a_missing_grant_in_plain_words() {
-    let stack = shared_stack(Grants::None);
-    let mut cmd = binary();
-    service_env(&mut cmd, stack, KeyKind::Secret, 8080);
-    let out = cmd.arg("check").output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}");
-    assert!(stdout.contains("supabase: ok"), "{stdout}");
+    for grants in [Grants::Default, Grants::None] {
+        let mut cmd = binary();
+        service_env(&mut cmd, shared_stack(grants), KeyKind::Secret, 8080);
+        let out = cmd.arg("check").output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{grants:?}: {stdout}");
+        assert!(stdout.contains("supabase: ok"), "{stdout}");
+        assert!(stdout.contains("security: ok"), "{grants:?}: {stdout}");
+    }
 
     let broken = Stack::start(Grants::None).unwrap();
-    broken.execute("revoke select on table public.jobs from service_role").unwrap();
+    broken
+        .execute(
+            "revoke select on table public.jobs from service_role;
+             alter table public.users disable row level security;
+             grant select on table public.dlq_jobs to anon;",
+        )
+        .unwrap();
     let mut cmd = binary();
     service_env(&mut cmd, &broken, KeyKind::LegacyJwt, 8080);
     let out = cmd.arg("check").output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(!out.status.success());
-    assert!(stdout.contains("PROBLEM with table jobs") && stdout.contains("42501"), "{stdout}");
+    for expected in [
+        "PROBLEM with table jobs",
+        "42501",
+        "table users: row level security is off",
+        "table jobs: service_role may not select",
+        "table dlq_jobs: anon/authenticated hold anon:select",
+    ] {
+        assert!(stdout.contains(expected), "missing {expected:?} in:\n{stdout}");
+    }
 }
 
 #[tokio::test]
