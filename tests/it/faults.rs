@@ -81,30 +81,28 @@ async fn load_through_fault(
     load.await.unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgrest_killed_mid_run_and_restarted_loses_nothing() {
-    let stack = Arc::new(Stack::start(Grants::None).unwrap());
-    let app = spawn_app_at(&stack.url(), KeyKind::Secret, &temp_dir("spool"), fast_replay(), &[("INGEST_DEADLINE_MS", DEADLINE_MS)]).await;
+/// Sends 300 messages while `fault` strikes and `recover` mends it, and checks every one is
+/// answered 200 and stored exactly once after the spool drains.
+async fn nothing_is_lost_through(grants: Grants, key: KeyKind, fault: fn(&Stack), recover: fn(&Stack)) {
+    let stack = Arc::new(Stack::start(grants).unwrap());
+    let app = spawn_app_at(&stack.url(), key, &temp_dir("spool"), fast_replay(), &[("INGEST_DEADLINE_MS", DEADLINE_MS)]).await;
     let (a, b) = (stack.clone(), stack.clone());
-    let sent = load_through_fault(&app, 300, move || a.kill_postgrest(), move || b.start_postgrest().unwrap()).await;
+    let sent = load_through_fault(&app, 300, move || fault(&a), move || recover(&b)).await;
     let acked = acknowledged(&sent);
     assert_eq!(acked.len(), 300, "every signed request is answered 200");
-    assert!(app.wait_for_empty_spool(Duration::from_secs(30)).await, "the spool drains once PostgREST is back");
+    assert!(app.wait_for_empty_spool(Duration::from_secs(30)).await, "the spool drains after recovery");
     assert_each_stored_once(&stack, &acked);
     app.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgrest_killed_mid_run_and_restarted_loses_nothing() {
+    nothing_is_lost_through(Grants::None, KeyKind::Secret, Stack::kill_postgrest, |s| s.start_postgrest().unwrap()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_restarted_mid_run_loses_nothing() {
-    let stack = Arc::new(Stack::start(Grants::Default).unwrap());
-    let app = spawn_app_at(&stack.url(), KeyKind::LegacyJwt, &temp_dir("spool"), fast_replay(), &[("INGEST_DEADLINE_MS", DEADLINE_MS)]).await;
-    let (a, b) = (stack.clone(), stack.clone());
-    let sent = load_through_fault(&app, 300, move || a.stop_postgres(), move || b.start_postgres().unwrap()).await;
-    let acked = acknowledged(&sent);
-    assert_eq!(acked.len(), 300, "every signed request is answered 200");
-    assert!(app.wait_for_empty_spool(Duration::from_secs(30)).await, "the spool drains once PostgreSQL is back");
-    assert_each_stored_once(&stack, &acked);
-    app.stop().await;
+    nothing_is_lost_through(Grants::Default, KeyKind::LegacyJwt, Stack::stop_postgres, |s| s.start_postgres().unwrap()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

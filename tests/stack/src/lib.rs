@@ -161,11 +161,6 @@ impl Stack {
         }
     }
 
-    pub fn restart_postgres(&self) -> Result<()> {
-        self.stop_postgres();
-        self.start_postgres()
-    }
-
     pub fn start_postgrest(&self) -> Result<()> {
         let mut cmd = Command::new(&self.bins.postgrest);
         cmd.env_clear()
