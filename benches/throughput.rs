@@ -7,7 +7,6 @@
 //! checked to be in the database exactly once, so a fast wrong run cannot pass.
 
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use devstack::{free_port, Grants, KeyKind, Stack};

@@ -74,6 +74,8 @@ impl Inner {
     /// alone, so only it is dead-lettered and its neighbours are not punished.
     pub(super) async fn write_jobs(&self, jobs: &[(&EncodedJob, &Value)], until: Instant) -> Vec<Delivery> {
         let mut deliveries: Vec<Option<Delivery>> = jobs.iter().map(|_| None).collect();
+        // A work stack of index ranges still to write; splits push their halves.
+        #[allow(clippy::single_range_in_vec_init)]
         let mut ranges = vec![0..jobs.len()];
         while let Some(range) = ranges.pop() {
             let chunk: Vec<&EncodedJob> = jobs[range.clone()].iter().map(|(job, _)| *job).collect();

@@ -53,7 +53,6 @@ pub fn config(supabase_url: &str, key: KeyKind, spool_dir: &std::path::Path, ext
 
 pub struct TestApp {
     pub addr: std::net::SocketAddr,
-    pub spool_dir: PathBuf,
     pub ingestor: Ingestor,
     pub client: reqwest::Client,
     stop: Option<oneshot::Sender<()>>,
@@ -82,7 +81,6 @@ pub async fn spawn_app_at(
     }));
     TestApp {
         addr,
-        spool_dir: spool_dir.to_owned(),
         ingestor,
         client: reqwest::Client::builder().pool_max_idle_per_host(64).build().unwrap(),
         stop: Some(stop),
