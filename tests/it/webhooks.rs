@@ -254,3 +254,27 @@ async fn an_insert_refused_by_postgrest_is_dead_lettered_and_answered_200() {
         app.stop().await;
     }
 }
+
+/// A message the database refuses does not take its batch down with it: concurrent messages share
+/// round trips, the batch holding the bad one is split until it is alone, and only it is
+/// dead-lettered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_refused_message_does_not_punish_its_batch() {
+    let stack = Stack::start(Grants::None).unwrap();
+    stack
+        .execute("alter table public.jobs add constraint jobs_no_poison check (payload->>'Body' <> 'poison')")
+        .unwrap();
+    let app = spawn_app(&stack, KeyKind::Secret).await;
+    let messages: Vec<Params> =
+        (0..40).map(|i| sms(&unique_phone(), if i == 17 { "poison" } else { "fine" })).collect();
+    let answers = futures_util::future::join_all(messages.iter().map(|m| app.post_signed(m))).await;
+    assert!(answers.iter().all(|a| a.status() == 200));
+    let sids: Vec<String> = messages.iter().map(|m| m.get("MessageSid").unwrap().to_owned()).collect();
+    let poison = &sids[17];
+    assert_eq!(count(&stack, &format!("select count(*) from jobs where message_sid in ({})", sql_list(&sids))), 39);
+    let letters = q(&stack, "select message_sid || '|' || error_kind || '|' || error from dlq_jobs");
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    let expected = format!("{poison}|rejected|PostgREST answered 400 (23514): new row for relation \"jobs\" violates check constraint \"jobs_no_poison\"");
+    assert!(letters[0].as_deref().unwrap().starts_with(&expected), "{letters:?}");
+    app.stop().await;
+}
