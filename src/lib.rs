@@ -17,7 +17,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::serve::ListenerExt as _;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 
 pub use config::Config;
@@ -26,6 +28,9 @@ pub use http::{BODY_LIMIT, WEBHOOK_PATH};
 use crate::ingest::{Ingestor, Settings, Workers};
 use crate::spool::Spool;
 use crate::supabase::Supabase;
+
+/// A client must send its request headers within this long.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -83,29 +88,44 @@ impl Application {
 
     /// Serves until `shutdown` completes, then stops accepting, lets requests in flight finish,
     /// and drains the batcher, all within a bounded time.
+    ///
+    /// The accept loop is hyper-util's rather than `axum::serve` so that a client that trickles
+    /// its headers is cut off (`HEADER_TIMEOUT`) instead of holding a connection.
     pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
         let Application { listener, router, ingestor, workers, drain_limit } = self;
-        let (stopping, stopped) = tokio::sync::oneshot::channel::<()>();
-        let signal = async move {
-            shutdown.await;
-            tracing::info!("shutting down: no new connections, finishing requests in flight");
-            let _ = stopping.send(());
-        };
-        // Answers are small and latency is what Twilio waits on: no Nagle delay.
-        let listener = listener.tap_io(|tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
-        let serve = axum::serve(listener, router).with_graceful_shutdown(signal);
-        let overdue = async move {
-            if stopped.await.is_ok() {
-                tokio::time::sleep(drain_limit).await;
-            } else {
-                std::future::pending::<()>().await;
+        let mut connections = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        connections.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_TIMEOUT);
+        let graceful = GracefulShutdown::new();
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                () = &mut shutdown => break,
+                accepted = listener.accept() => {
+                    let stream = match accepted {
+                        Ok((stream, _)) => stream,
+                        Err(e) => {
+                            // Out of file descriptors, most likely: wait rather than spin.
+                            tracing::warn!(error = %e, "accept failed");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            continue;
+                        }
+                    };
+                    // Answers are small and latency is what Twilio waits on: no Nagle delay.
+                    let _ = stream.set_nodelay(true);
+                    let service = TowerToHyperService::new(router.clone());
+                    let connection = connections.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
+                    let connection = graceful.watch(connection);
+                    tokio::spawn(async move {
+                        let _ = connection.await;
+                    });
+                }
             }
-        };
-        tokio::select! {
-            served = serve => served?,
-            () = overdue => tracing::warn!(?drain_limit, "requests still open after the drain limit; closing them"),
+        }
+        tracing::info!("shutting down: no new connections, finishing requests in flight");
+        // The router holds a handle on the batcher's queue, which drains only once all are gone.
+        drop((listener, router));
+        if tokio::time::timeout(drain_limit, graceful.shutdown()).await.is_err() {
+            tracing::warn!(?drain_limit, "requests still open after the drain limit; closing them");
         }
         if tokio::time::timeout(drain_limit, workers.shutdown(ingestor)).await.is_err() {
             tracing::warn!("background work still running after the drain limit");

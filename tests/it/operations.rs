@@ -282,3 +282,18 @@ fn arbitrary_requests_never_break_the_edge() {
     let written = count(&stack, "select count(*) from jobs") + count(&stack, "select count(*) from dlq_jobs");
     assert!(written <= 48, "{written} rows from 48 signed requests");
 }
+
+/// A client that trickles its headers is cut off instead of holding a connection open.
+#[tokio::test]
+async fn a_client_that_never_finishes_its_headers_is_disconnected() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let app = spawn_app(shared_stack(Grants::Default), KeyKind::Secret).await;
+    let mut slow = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    slow.write_all(b"POST /webhooks/twilio HTTP/1.1\r\nHost: ingest.example.com\r\n").await.unwrap();
+    let started = std::time::Instant::now();
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(15), slow.read_to_end(&mut buf)).await;
+    assert!(read.is_ok(), "the connection is still open after 15 s");
+    assert!(started.elapsed() < Duration::from_secs(8), "cut off after {:?}", started.elapsed());
+    app.stop().await;
+}
