@@ -185,42 +185,53 @@ async fn wait_for_jobs(stack: &Stack, sids: &[String], limit: Duration) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_service_killed_right_after_acknowledging_replays_its_spool_on_restart() {
-    let stack = Stack::start(Grants::None).unwrap();
+/// A service that acknowledged `n` messages while its gateway stalled (so each waits in the spool),
+/// then was killed with SIGKILL.
+struct KilledWithSpool {
+    stack: Stack,
+    proxy: FaultProxy,
+    supabase_url: String,
+    spool: std::path::PathBuf,
+    acked: Vec<String>,
+}
+
+async fn spool_then_sigkill(grants: Grants, n: usize) -> KilledWithSpool {
+    let stack = Stack::start(grants).unwrap();
     let proxy = FaultProxy::start(stack.gateway_port);
-    let url = format!("http://127.0.0.1:{}", proxy.port);
+    let supabase_url = format!("http://127.0.0.1:{}", proxy.port);
     let spool = temp_dir("spool");
     proxy.set(FaultMode::Stall);
-    let mut service = Service::start(&url, &spool);
-    let sent = send_load(service.url(), 100, 16, Arc::new(AtomicUsize::new(0))).await;
-    let acked = acknowledged(&sent);
-    assert_eq!(acked.len(), 100);
+    let mut service = Service::start(&supabase_url, &spool);
+    let acked = acknowledged(&send_load(service.url(), n, 16, Arc::new(AtomicUsize::new(0))).await);
+    assert_eq!(acked.len(), n);
     service.signal(libc::SIGKILL);
     service.child.wait().unwrap();
     assert_eq!(count(&stack, &format!("select count(*) from jobs where message_sid in ({})", sql_list(&acked))), 0);
+    KilledWithSpool { stack, proxy, supabase_url, spool, acked }
+}
 
-    proxy.set(FaultMode::Pass);
-    let _restarted = Service::start(&url, &spool);
-    wait_for_jobs(&stack, &acked, Duration::from_secs(30)).await;
-    assert_each_stored_once(&stack, &acked);
+impl KilledWithSpool {
+    /// Lets Supabase answer again, restarts the service on the same spool, and checks that every
+    /// acknowledged message is stored exactly once.
+    async fn restart_and_check(&self) {
+        self.proxy.set(FaultMode::Pass);
+        let _restarted = Service::start(&self.supabase_url, &self.spool);
+        wait_for_jobs(&self.stack, &self.acked, Duration::from_secs(30)).await;
+        assert_each_stored_once(&self.stack, &self.acked);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_killed_right_after_acknowledging_replays_its_spool_on_restart() {
+    spool_then_sigkill(Grants::None, 100).await.restart_and_check().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_torn_last_spool_record_is_skipped_and_the_rest_replayed() {
-    let stack = Stack::start(Grants::Default).unwrap();
-    let proxy = FaultProxy::start(stack.gateway_port);
-    let url = format!("http://127.0.0.1:{}", proxy.port);
-    let spool = temp_dir("spool");
-    proxy.set(FaultMode::Stall);
-    let mut service = Service::start(&url, &spool);
-    let acked = acknowledged(&send_load(service.url(), 40, 8, Arc::new(AtomicUsize::new(0))).await);
-    assert_eq!(acked.len(), 40);
-    service.signal(libc::SIGKILL);
-    service.child.wait().unwrap();
+    let killed = spool_then_sigkill(Grants::Default, 40).await;
 
     // A crash in the middle of the next append: a header and part of a record.
-    let segment = std::fs::read_dir(&spool).unwrap().map(|e| e.unwrap().path()).max().unwrap();
+    let segment = std::fs::read_dir(&killed.spool).unwrap().map(|e| e.unwrap().path()).max().unwrap();
     let mut torn = 500u32.to_le_bytes().to_vec();
     torn.extend_from_slice(&[0xAB; 4]);
     torn.extend_from_slice(br#"{"payload":{"MessageSid":"SMtorn","From":"+1"#);
@@ -228,12 +239,9 @@ async fn a_torn_last_spool_record_is_skipped_and_the_rest_replayed() {
     bytes.extend_from_slice(&torn);
     std::fs::write(&segment, bytes).unwrap();
 
-    proxy.set(FaultMode::Pass);
-    let _restarted = Service::start(&url, &spool);
-    wait_for_jobs(&stack, &acked, Duration::from_secs(30)).await;
-    assert_each_stored_once(&stack, &acked);
-    assert_eq!(count(&stack, "select count(*) from jobs where message_sid = 'SMtorn'"), 0);
-    assert_eq!(count(&stack, "select count(*) from dlq_jobs where message_sid = 'SMtorn'"), 0);
+    killed.restart_and_check().await;
+    assert_eq!(count(&killed.stack, "select count(*) from jobs where message_sid = 'SMtorn'"), 0);
+    assert_eq!(count(&killed.stack, "select count(*) from dlq_jobs where message_sid = 'SMtorn'"), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
