@@ -62,10 +62,12 @@ impl KeyKind {
     }
 }
 
-struct Children {
-    postgres: Option<Child>,
-    postgrest: Option<Child>,
-    nginx: Option<Child>,
+/// The stack's processes, each in its slot while it runs.
+#[derive(Clone, Copy)]
+enum Part {
+    Postgres = 0,
+    Postgrest = 1,
+    Gateway = 2,
 }
 
 pub struct Stack {
@@ -75,7 +77,7 @@ pub struct Stack {
     pub postgrest_port: u16,
     pub gateway_port: u16,
     bins: Bins,
-    children: Mutex<Children>,
+    children: Mutex<[Option<Child>; 3]>,
 }
 
 struct Bins {
@@ -110,7 +112,7 @@ impl Stack {
             postgrest_port: free_port(),
             gateway_port,
             bins,
-            children: Mutex::new(Children { postgres: None, postgrest: None, nginx: None }),
+            children: Mutex::new([None, None, None]),
         };
         stack.init_postgres()?;
         stack.start_postgres()?;
@@ -150,14 +152,24 @@ impl Stack {
             "-c", "shared_buffers=64MB",
         ]);
         let child = process::spawn_as_postgres(cmd, &self.dir.join("postgres.log"))?;
-        self.children.lock().unwrap().postgres = Some(child);
-        self.wait_for_port(self.pg_port, "PostgreSQL")
+        self.keep(Part::Postgres, child, self.pg_port, "PostgreSQL")
     }
 
     /// Stops PostgreSQL the way an operator restart does (fast shutdown), and waits for it to exit.
     pub fn stop_postgres(&self) {
-        if let Some(child) = self.children.lock().unwrap().postgres.take() {
-            process::stop(child, libc::SIGINT);
+        self.stop_part(Part::Postgres, libc::SIGINT);
+    }
+
+    /// Records a started process in its slot and waits until it listens on `port`.
+    fn keep(&self, part: Part, child: Child, port: u16, what: &str) -> Result<()> {
+        self.children.lock().unwrap()[part as usize] = Some(child);
+        self.wait_for_port(port, what)
+    }
+
+    fn stop_part(&self, part: Part, signal: i32) {
+        let child = self.children.lock().unwrap()[part as usize].take();
+        if let Some(child) = child {
+            process::stop(child, signal);
         }
     }
 
@@ -175,15 +187,12 @@ impl Stack {
             .env("PGRST_SERVER_PORT", self.postgrest_port.to_string())
             .env("PGRST_LOG_LEVEL", "error");
         let child = process::spawn(cmd, &self.dir.join("postgrest.log"))?;
-        self.children.lock().unwrap().postgrest = Some(child);
-        self.wait_for_port(self.postgrest_port, "PostgREST")
+        self.keep(Part::Postgrest, child, self.postgrest_port, "PostgREST")
     }
 
     /// Kills PostgREST outright, as a crash would.
     pub fn kill_postgrest(&self) {
-        if let Some(child) = self.children.lock().unwrap().postgrest.take() {
-            process::stop(child, libc::SIGKILL);
-        }
+        self.stop_part(Part::Postgrest, libc::SIGKILL);
     }
 
     fn start_gateway(&self) -> Result<()> {
@@ -193,8 +202,7 @@ impl Stack {
         let mut cmd = Command::new(&self.bins.nginx);
         cmd.arg("-c").arg(&conf).arg("-p").arg(&self.dir).arg("-e").arg(self.dir.join("nginx-error.log"));
         let child = process::spawn(cmd, &self.dir.join("nginx.log"))?;
-        self.children.lock().unwrap().nginx = Some(child);
-        self.wait_for_port(self.gateway_port, "the nginx gateway")
+        self.keep(Part::Gateway, child, self.gateway_port, "the nginx gateway")
     }
 
     fn gateway_config(&self) -> String {
@@ -380,13 +388,10 @@ http {{
 
 impl Drop for Stack {
     fn drop(&mut self) {
-        let mut children = self.children.lock().unwrap();
-        for child in [children.nginx.take(), children.postgrest.take()].into_iter().flatten() {
-            process::stop(child, libc::SIGKILL);
-        }
-        if let Some(pg) = children.postgres.take() {
-            process::stop(pg, libc::SIGQUIT);
-        }
+        self.stop_part(Part::Gateway, libc::SIGKILL);
+        self.stop_part(Part::Postgrest, libc::SIGKILL);
+        // Immediate shutdown: the data is thrown away next.
+        self.stop_part(Part::Postgres, libc::SIGQUIT);
         let _ = fs::remove_dir_all(&self.dir);
     }
 }
