@@ -24,8 +24,6 @@ use crate::spool::Spool;
 use crate::supabase::{EncodedJob, NewDeadLetter, NewJob, Supabase};
 use crate::twilio::{webhook, InboundMessage, Params, Unusable, Webhook};
 
-pub use replay::ReplayReport;
-
 /// Time kept back from a request's deadline for writing the spool if Supabase does not answer.
 const SPOOL_RESERVE: Duration = Duration::from_millis(250);
 
@@ -181,11 +179,6 @@ impl Ingestor {
 
     pub fn spool_depth(&self) -> u64 {
         self.inner.spool.depth()
-    }
-
-    /// Replays the spool once, now, instead of waiting for the background task.
-    pub async fn replay_spool(&self) -> ReplayReport {
-        replay::drain(&self.inner).await
     }
 }
 

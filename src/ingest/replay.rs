@@ -20,13 +20,13 @@ const CHUNK_BUDGET: Duration = Duration::from_secs(10);
 const MAX_WAIT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct ReplayReport {
+pub(super) struct ReplayReport {
     /// Records written to `jobs` or `dlq_jobs` (or found there already).
-    pub replayed: usize,
+    replayed: usize,
     /// Records still waiting in the spool.
-    pub remaining: u64,
+    remaining: u64,
     /// Why the replay stopped early, if it did.
-    pub stalled: Option<String>,
+    stalled: Option<String>,
 }
 
 pub(super) async fn run(inner: Arc<Inner>, mut stop: oneshot::Receiver<()>) {
