@@ -11,6 +11,6 @@ insert into public.jobs (user_id, source_channel_id, source_type, user_phone, co
      '{"EventType":"onMessageAdded","ConversationSid":"CH00000000000000000000000000000001","MessageSid":"IM00000000000000000000000000000001","Author":"+447700900123","Body":"","Media":"[{\"Sid\":\"ME1\",\"ContentType\":\"image/jpeg\",\"Filename\":\"a.jpg\",\"Size\":1024}]"}',
      'IM00000000000000000000000000000001');
 
-insert into public.dlq_jobs (message_sid, payload, error, error_kind) values
-    ('SM00000000000000000000000000000002', '{"MessageSid":"SM00000000000000000000000000000002","Body":"no sender"}',
+insert into public.dlq_jobs (message_sid, dedupe_key, payload, error, error_kind) values
+    ('SM00000000000000000000000000000002', 'SM00000000000000000000000000000002', '{"MessageSid":"SM00000000000000000000000000000002","Body":"no sender"}',
      'no sender: From is missing', 'unusable');

@@ -236,7 +236,7 @@ impl Inner {
 
     /// Dead-letters one letter with `error`, retrying what is worth retrying until `until`.
     async fn dead_letter_with(&self, payload: &Value, message_sid: Option<&str>, error: String, kind: &'static str, until: Instant) -> Delivery {
-        let letter = NewDeadLetter { message_sid: message_sid.map(str::to_owned), payload: payload.clone(), error, error_kind: kind };
+        let letter = NewDeadLetter::new(message_sid, payload, error, kind);
         let written = retry::until(until, |timeout| {
             let letters = std::slice::from_ref(&letter);
             async move { self.supabase.insert_dead_letters(letters, timeout).await }

@@ -47,11 +47,23 @@ impl NewJob<'_> {
 
 #[derive(Serialize, Debug, Clone)]
 pub struct NewDeadLetter {
-    pub message_sid: Option<String>,
-    pub payload: Value,
+    message_sid: Option<String>,
+    dedupe_key: String,
+    payload: Value,
     pub error: String,
     /// `unusable` (the webhook cannot become a job) or `rejected` (Supabase refused the job).
-    pub error_kind: &'static str,
+    error_kind: &'static str,
+}
+
+impl NewDeadLetter {
+    pub fn new(message_sid: Option<&str>, payload: &Value, error: String, error_kind: &'static str) -> Self {
+        // serde_json's map is sorted, so equal payloads serialise, and hash, alike.
+        let dedupe_key = match message_sid {
+            Some(sid) => sid.to_owned(),
+            None => format!("sha256:{}", hex::encode(<sha2::Sha256 as sha2::Digest>::digest(payload.to_string()))),
+        };
+        NewDeadLetter { message_sid: message_sid.map(str::to_owned), dedupe_key, payload: payload.clone(), error, error_kind }
+    }
 }
 
 #[derive(Deserialize, Debug, Clone)]
@@ -143,10 +155,10 @@ impl Supabase {
         serde_json::from_slice(&answer).map_err(|e| Error::Decode(e.to_string()))
     }
 
-    /// Inserts dead letters; one whose MessageSid is already dead-lettered is not repeated.
+    /// Inserts dead letters; one already dead-lettered (same `dedupe_key`) is not repeated.
     pub async fn insert_dead_letters(&self, letters: &[NewDeadLetter], timeout: Duration) -> Result<(), Error> {
         let body = serde_json::to_string(letters).expect("a dead letter is always serialisable");
-        let request = self.table("dlq_jobs").on_conflict("message_sid").insert(body);
+        let request = self.table("dlq_jobs").on_conflict("dedupe_key").insert(body);
         self.send(request, Some("return=minimal,resolution=ignore-duplicates"), timeout).await?;
         Ok(())
     }
@@ -235,5 +247,20 @@ fn endpoint_label(path: &str) -> &'static str {
         "users"
     } else {
         "other"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::NewDeadLetter;
+    use serde_json::json;
+
+    #[test]
+    fn a_dead_letter_is_keyed_by_its_message_sid_or_else_by_its_payload() {
+        let key = |sid: Option<&str>, payload| NewDeadLetter::new(sid, &payload, "e".into(), "unusable").dedupe_key;
+        assert_eq!(key(Some("SM1"), json!({"a": "1"})), "SM1");
+        assert_eq!(key(None, json!({"a": "1", "b": "2"})), key(None, json!({"b": "2", "a": "1"})));
+        assert_ne!(key(None, json!({"a": "1"})), key(None, json!({"a": "2"})));
+        assert!(key(None, json!({})).starts_with("sha256:"));
     }
 }

@@ -35,8 +35,11 @@ create index jobs_user_id_idx on public.jobs (user_id);
 
 create table public.dlq_jobs (
     id uuid primary key default gen_random_uuid(),
-    -- Null when the webhook had none; a MessageSid is dead-lettered once.
-    message_sid text constraint dlq_jobs_message_sid_key unique,
+    -- Null when the webhook had none.
+    message_sid text,
+    -- The MessageSid, or a hash of the payload when there is none: a message is dead-lettered
+    -- once, however often a retry or a spool replay brings it back.
+    dedupe_key text not null constraint dlq_jobs_dedupe_key unique,
     -- Everything needed to replay: the webhook params as received.
     payload jsonb not null,
     error text not null,
@@ -48,6 +51,7 @@ create table public.dlq_jobs (
 );
 
 create index dlq_jobs_pending_idx on public.dlq_jobs (created_at) where replayed_at is null;
+create index dlq_jobs_message_sid_idx on public.dlq_jobs (message_sid);
 
 alter table public.users enable row level security;
 alter table public.jobs enable row level security;

@@ -297,3 +297,12 @@ async fn a_client_that_never_finishes_its_headers_is_disconnected() {
     assert!(started.elapsed() < Duration::from_secs(8), "cut off after {:?}", started.elapsed());
     app.stop().await;
 }
+
+/// `supabase db reset` applies seed.sql after the migrations: it must fit the schema.
+#[test]
+fn the_seed_applies_on_top_of_the_migrations() {
+    let stack = Stack::start(Grants::None).unwrap();
+    stack.execute(&std::fs::read_to_string(devstack::repo_root().join("supabase/seed.sql")).unwrap()).unwrap();
+    assert_eq!(count(&stack, "select count(*) from jobs"), 2);
+    assert_eq!(count(&stack, "select count(*) from dlq_jobs"), 1);
+}

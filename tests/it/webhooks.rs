@@ -150,6 +150,19 @@ async fn a_signed_message_without_a_sender_is_dead_lettered(stack: &Stack, app: 
     );
 }
 
+on_every_stack!(an_unusable_message_sent_twice_is_dead_lettered_once);
+async fn an_unusable_message_sent_twice_is_dead_lettered_once(stack: &Stack, app: &TestApp) {
+    // No MessageSid to deduplicate by: the payload itself is the key.
+    let marker = unique("no-sid-");
+    let params = Params::from_pairs([("Body", marker.as_str()), ("AccountSid", "AC00000000000000000000000000000000")]);
+    assert_twiml(app.post_signed(&params).await).await;
+    assert_twiml(app.post_signed(&params).await).await;
+    assert_eq!(
+        q(stack, &format!("select error_kind || '|' || error from dlq_jobs where payload->>'Body' = '{marker}'")),
+        vec![Some("unusable|no MessageSid: the webhook has no message id".into())]
+    );
+}
+
 on_every_stack!(a_repeated_key_is_kept_as_an_array_in_the_payload);
 async fn a_repeated_key_is_kept_as_an_array_in_the_payload(stack: &Stack, app: &TestApp) {
     let mut pairs = group_message(&unique("CH"), &unique_phone(), "x").pairs().to_vec();
