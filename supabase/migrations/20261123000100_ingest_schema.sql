@@ -62,15 +62,19 @@ grant select, insert, update, delete on table public.users, public.jobs, public.
 
 -- One round trip per batch of messages: create the users that are new, give a name to a user who
 -- has none, and insert the jobs, skipping any MessageSid that already has one. Returns the
--- MessageSids that became new jobs. One statement, so the batch is parsed once; security invoker,
--- so it can do no more than the caller's grants allow.
+-- MessageSids that became new jobs. One statement, so the batch is parsed once; PL/pgSQL rather
+-- than SQL because it caches the statement's plan for the session, where a SQL function plans it
+-- on every call (a third of the call's time for a small batch). Security invoker, so it can do no
+-- more than the caller's grants allow.
 create function public.ingest_messages(messages jsonb)
 returns setof text
-language sql
+language plpgsql
 volatile
 security invoker
 set search_path = ''
 as $$
+begin
+    return query
     with m as materialized (
         select *
         from jsonb_to_recordset(messages) as m (
@@ -82,21 +86,27 @@ as $$
         -- Sorted, so concurrent batches take their locks in the same order and cannot deadlock.
         -- DO NOTHING takes no lock on a user who already exists.
         insert into public.users (phone_number, first_name)
-        select user_phone, max(first_name) from m group by user_phone order by user_phone
+        select m.user_phone, max(m.first_name) from m group by m.user_phone order by m.user_phone
         on conflict (phone_number) do nothing
     ),
     named as (
         -- An existing user keeps their name; one without gets it from their WhatsApp profile.
         update public.users as u
         set first_name = n.first_name
-        from (select user_phone, max(first_name) as first_name from m where first_name is not null group by user_phone) as n
+        from (
+            select m.user_phone, max(m.first_name) as first_name
+            from m
+            where m.first_name is not null
+            group by m.user_phone
+        ) as n
         where u.phone_number = n.user_phone and u.first_name is null
     )
     insert into public.jobs (message_sid, user_id, user_phone, source_type, source_channel_id, content_type, payload)
-    select message_sid, user_phone, user_phone, source_type, source_channel_id, content_type, payload
+    select m.message_sid, m.user_phone, m.user_phone, m.source_type, m.source_channel_id, m.content_type, m.payload
     from m
     on conflict (message_sid) do nothing
-    returning message_sid;
+    returning jobs.message_sid;
+end;
 $$;
 
 revoke execute on function public.ingest_messages(jsonb) from public, anon, authenticated;
