@@ -132,6 +132,10 @@ impl Supabase {
         Builder::new(format!("{}/{table}", self.rest_url), None, self.headers.clone(), self.client.clone())
     }
 
+    fn rpc(&self, function: &str, args: String) -> Builder {
+        self.table(&format!("rpc/{function}")).rpc(args)
+    }
+
     /// Upserts the users and inserts the jobs in one transaction; returns the MessageSids that
     /// became new jobs (the rest already had one).
     pub async fn ingest_messages(&self, jobs: &[&EncodedJob], timeout: Duration) -> Result<Vec<String>, Error> {
@@ -144,16 +148,9 @@ impl Supabase {
             body.push_str(&job.json);
         }
         body.push_str("]}");
-        let request = Builder::new(
-            format!("{}/rpc/ingest_messages", self.rest_url),
-            None,
-            self.headers.clone(),
-            self.client.clone(),
-        )
-        .rpc(body);
-        let answer = self.send(request, None, timeout).await?;
-        serde_json::from_slice(&answer).map_err(|e| Error::Decode(e.to_string()))
+        self.fetch(self.rpc("ingest_messages", body), timeout).await
     }
+
 
     /// Inserts dead letters; one already dead-lettered (same `dedupe_key`) is not repeated.
     pub async fn insert_dead_letters(&self, letters: &[NewDeadLetter], timeout: Duration) -> Result<(), Error> {
@@ -166,8 +163,7 @@ impl Supabase {
     /// Dead letters not yet replayed, oldest first.
     pub async fn pending_dead_letters(&self, limit: usize, timeout: Duration) -> Result<Vec<DeadLetter>, Error> {
         let request = self.table("dlq_jobs").select("*").is("replayed_at", "null").order("created_at.asc").limit(limit);
-        let answer = self.send(request, None, timeout).await?;
-        serde_json::from_slice(&answer).map_err(|e| Error::Decode(e.to_string()))
+        self.fetch(request, timeout).await
     }
 
     /// Records the outcome of replaying a dead letter: replayed, or why it still fails.
@@ -193,13 +189,11 @@ impl Supabase {
 
     /// RLS and grants on the three tables.
     pub async fn schema_report(&self, timeout: Duration) -> Result<Vec<TableReport>, Error> {
-        let request = Builder::new(
-            format!("{}/rpc/ingest_schema_report", self.rest_url),
-            None,
-            self.headers.clone(),
-            self.client.clone(),
-        )
-        .rpc("{}");
+        self.fetch(self.rpc("ingest_schema_report", "{}".into()), timeout).await
+    }
+
+    /// Sends `request` and decodes its JSON answer.
+    async fn fetch<T: serde::de::DeserializeOwned>(&self, request: Builder, timeout: Duration) -> Result<T, Error> {
         let answer = self.send(request, None, timeout).await?;
         serde_json::from_slice(&answer).map_err(|e| Error::Decode(e.to_string()))
     }
