@@ -1,7 +1,7 @@
 //! Nothing acknowledged is lost: faults injected into real processes while signed messages flow.
 //! Every acknowledged MessageSid must end up in `jobs` or `dlq_jobs`, exactly once.
 
-use std::process::{Child, Command};
+use std::process::Child;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -133,26 +133,14 @@ struct Service {
 impl Service {
     fn start(supabase_url: &str, spool_dir: &std::path::Path) -> Service {
         let port = free_port();
-        let child = Command::new(env!("CARGO_BIN_EXE_twilio-ingest"))
-            .env_clear()
-            .env("TWILIO_AUTH_TOKEN", TOKEN)
-            .env("PUBLIC_URL", PUBLIC_URL)
-            .env("SUPABASE_URL", supabase_url)
-            .env("SUPABASE_SERVICE_ROLE_KEY", KeyKind::Secret.service_key())
-            .env("SPOOL_DIR", spool_dir)
-            .env("HOST", "127.0.0.1")
-            .env("PORT", port.to_string())
+        let child = service_command(supabase_url, KeyKind::Secret, spool_dir, port)
             .env("INGEST_DEADLINE_MS", DEADLINE_MS)
             .env("LOG_FORMAT", "json")
             .stdout(std::process::Stdio::null())
             .stderr(std::fs::OpenOptions::new().create(true).append(true).open(spool_dir.with_extension("log")).unwrap())
             .spawn()
             .unwrap();
-        let until = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < until, "the service did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_for_listener(port);
         Service { child, port }
     }
 

@@ -141,6 +141,30 @@ impl TestApp {
     }
 }
 
+/// The service binary, with nothing in its environment but a configuration for the test token,
+/// `supabase_url` and `key`, listening on loopback `port`.
+pub fn service_command(supabase_url: &str, key: KeyKind, spool_dir: &std::path::Path, port: u16) -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_twilio-ingest"));
+    cmd.env_clear()
+        .env("TWILIO_AUTH_TOKEN", TOKEN)
+        .env("PUBLIC_URL", PUBLIC_URL)
+        .env("SUPABASE_URL", supabase_url)
+        .env("SUPABASE_SERVICE_ROLE_KEY", key.service_key())
+        .env("SPOOL_DIR", spool_dir)
+        .env("HOST", "127.0.0.1")
+        .env("PORT", port.to_string());
+    cmd
+}
+
+/// Waits until a process listens on loopback `port`.
+pub fn wait_for_listener(port: u16) {
+    let until = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < until, "nothing listens on port {port}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 pub fn sign(params: &Params) -> String {
     signature::sign(TOKEN, &format!("{PUBLIC_URL}{WEBHOOK_PATH}"), params)
 }

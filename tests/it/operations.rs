@@ -10,20 +10,9 @@ use twilio_ingest::twilio::Params;
 
 use crate::helpers::*;
 
-fn binary() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_twilio-ingest"));
-    cmd.env_clear();
-    cmd
-}
-
-fn service_env(cmd: &mut Command, stack: &Stack, key: KeyKind, port: u16) {
-    cmd.env("TWILIO_AUTH_TOKEN", TOKEN)
-        .env("PUBLIC_URL", PUBLIC_URL)
-        .env("SUPABASE_URL", stack.url())
-        .env("SUPABASE_SERVICE_ROLE_KEY", key.service_key())
-        .env("SPOOL_DIR", temp_dir("spool"))
-        .env("HOST", "127.0.0.1")
-        .env("PORT", port.to_string());
+/// The service binary configured for `stack` with `key`.
+fn binary_for(stack: &Stack, key: KeyKind, port: u16) -> Command {
+    service_command(&stack.url(), key, &temp_dir("spool"), port)
 }
 
 #[tokio::test]
@@ -102,8 +91,7 @@ fn bad_configuration_stops_start_up_naming_the_variable() {
         (None, Some(("PORT", "http")), "PORT is invalid"),
         (None, Some(("SUPABASE_SERVICE_ROLE_KEY", devstack::PUBLISHABLE_KEY)), "SUPABASE_SERVICE_ROLE_KEY is invalid: this is a publishable key"),
     ] {
-        let mut cmd = binary();
-        service_env(&mut cmd, stack, KeyKind::Secret, devstack::free_port());
+        let mut cmd = binary_for(stack, KeyKind::Secret, devstack::free_port());
         if let Some(var) = unset {
             cmd.env_remove(var);
         }
@@ -123,15 +111,12 @@ async fn logs_never_show_the_auth_token_or_the_service_key_even_at_trace() {
     let stack = shared_stack(Grants::None);
     for key in [KeyKind::LegacyJwt, KeyKind::Secret] {
         let port = devstack::free_port();
-        let mut cmd = binary();
-        service_env(&mut cmd, stack, key, port);
+        let mut cmd = binary_for(stack, key, port);
         let log = temp_dir("log").join("service.log");
         cmd.env("RUST_LOG", "trace").env("LOG_FORMAT", "json").stdout(std::fs::File::create(&log).unwrap());
         cmd.stderr(std::fs::OpenOptions::new().append(true).open(&log).unwrap());
         let mut child = cmd.spawn().unwrap();
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        tokio::task::spawn_blocking(move || wait_for_listener(port)).await.unwrap();
         let client = reqwest::Client::new();
         let url = format!("http://127.0.0.1:{port}/webhooks/twilio");
         for sig in [Some(sign(&sms(&unique_phone(), "a"))), None] {
@@ -157,8 +142,7 @@ async fn logs_never_show_the_auth_token_or_the_service_key_even_at_trace() {
 #[test]
 fn check_reports_a_working_project_and_a_missing_grant_in_plain_words() {
     for grants in [Grants::Default, Grants::None] {
-        let mut cmd = binary();
-        service_env(&mut cmd, shared_stack(grants), KeyKind::Secret, 8080);
+        let mut cmd = binary_for(shared_stack(grants), KeyKind::Secret, 8080);
         let out = cmd.arg("check").output().unwrap();
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(out.status.success(), "{grants:?}: {stdout}");
@@ -174,8 +158,7 @@ fn check_reports_a_working_project_and_a_missing_grant_in_plain_words() {
              grant select on table public.dlq_jobs to anon;",
         )
         .unwrap();
-    let mut cmd = binary();
-    service_env(&mut cmd, &broken, KeyKind::LegacyJwt, 8080);
+    let mut cmd = binary_for(&broken, KeyKind::LegacyJwt, 8080);
     let out = cmd.arg("check").output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(!out.status.success());
@@ -196,8 +179,7 @@ async fn send_signs_a_sample_message_that_the_service_ingests() {
     let app = spawn_app(stack, KeyKind::LegacyJwt).await;
     let phone = unique_phone();
     let sid = unique("SM");
-    let mut cmd = binary();
-    service_env(&mut cmd, stack, KeyKind::LegacyJwt, app.addr.port());
+    let mut cmd = binary_for(stack, KeyKind::LegacyJwt, app.addr.port());
     cmd.args(["send", "--from", &format!("whatsapp:{phone}"), "--profile-name", "Grace", "--message-sid", &sid]);
     let out = tokio::task::spawn_blocking(move || cmd.output().unwrap()).await.unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
