@@ -31,7 +31,7 @@ pub async fn replay(supabase: &Supabase, limit: usize) -> Result<ReplayReport, E
                 Classified::Ignored => Ok(()),
                 Classified::Unusable(letter) => Err(letter.why.to_string()),
                 Classified::Job { job, .. } => {
-                    supabase.ingest_messages(&[&job], TIMEOUT).await.map(drop).map_err(|e| e.to_string())
+                    supabase.ingest_batch(&[&job], TIMEOUT).await.map(drop).map_err(|e| e.to_string())
                 }
             },
         };

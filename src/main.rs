@@ -158,6 +158,15 @@ async fn check(config: &Config) -> anyhow::Result<()> {
             println!("security: PROBLEM: cannot read the schema report ({e}); run `supabase db push`");
         }
     }
+    // The very call every batch makes, with nothing in it: proves the function is there and the
+    // key may run it, through the gateway, the way the service will.
+    match supabase.ingest_batch(&[], Duration::from_secs(10)).await {
+        Ok(_) => println!("ingest: ok (ingest_batch answers)"),
+        Err(e) => {
+            problems += 1;
+            println!("ingest: PROBLEM: cannot call ingest_batch ({e}); run `supabase db push`");
+        }
+    }
     match twilio_ingest::spool::Spool::open(&config.spool_dir) {
         Ok(spool) => println!("spool: ok ({} waiting in {})", spool.depth(), config.spool_dir.display()),
         Err(e) => {

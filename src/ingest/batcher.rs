@@ -79,13 +79,13 @@ impl Inner {
         let mut ranges = vec![0..jobs.len()];
         while let Some(range) = ranges.pop() {
             let chunk: Vec<&EncodedJob> = jobs[range.clone()].iter().map(|(job, _)| *job).collect();
-            match retry::until(until, |timeout| self.supabase.ingest_messages(&chunk, timeout)).await {
-                Ok(inserted) => {
-                    let mut inserted: HashSet<String> = inserted.into_iter().collect();
-                    for i in range {
-                        // The first of two identical MessageSids in one batch is the one that was inserted.
-                        let new = inserted.remove(&jobs[i].0.message_sid);
-                        let outcome = if new { Outcome::Ingested } else { Outcome::Duplicate };
+            match retry::until(until, |timeout| self.supabase.ingest_batch(&chunk, timeout)).await {
+                Ok(existed) => {
+                    // A MessageSid twice in one batch is written once, for its first occurrence.
+                    let mut seen = HashSet::with_capacity(range.len());
+                    for (position, i) in range.enumerate() {
+                        let first = seen.insert(jobs[i].0.message_sid.as_str());
+                        let outcome = if first && !existed.contains(&position) { Outcome::Ingested } else { Outcome::Duplicate };
                         deliveries[i] = Some(Delivery::Written(outcome));
                     }
                 }

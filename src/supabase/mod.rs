@@ -18,6 +18,16 @@ pub use key::ServiceKey;
 /// The tables the service needs; `readyz` and `check` confirm each is reachable with the key.
 pub const TABLES: [&str; 3] = ["users", "jobs", "dlq_jobs"];
 
+/// Set by `ingest_batch` only when some of a batch's messages already had a job: their positions
+/// in the batch, comma-separated.
+const DUPLICATES_HEADER: &str = "x-ingest-duplicates";
+
+/// What PostgREST answered to a request that succeeded.
+struct Answer {
+    headers: HeaderMap,
+    body: Bytes,
+}
+
 /// One job to insert, encoded once to JSON so retries and batch splits never re-serialise it.
 #[derive(Clone, Debug)]
 pub struct EncodedJob {
@@ -136,27 +146,31 @@ impl Supabase {
         self.table(&format!("rpc/{function}")).rpc(args)
     }
 
-    /// Upserts the users and inserts the jobs in one transaction; returns the MessageSids that
-    /// became new jobs (the rest already had one).
-    pub async fn ingest_messages(&self, jobs: &[&EncodedJob], timeout: Duration) -> Result<Vec<String>, Error> {
-        let mut body = String::with_capacity(16 + jobs.iter().map(|j| j.json.len() + 1).sum::<usize>());
-        body.push_str(r#"{"messages":["#);
+    /// Upserts the users and inserts the jobs of one batch in one transaction. Returns the
+    /// positions in `jobs` whose MessageSid already had a job before this call.
+    pub async fn ingest_batch(&self, jobs: &[&EncodedJob], timeout: Duration) -> Result<Vec<usize>, Error> {
+        let mut body = String::with_capacity(2 + jobs.iter().map(|j| j.json.len() + 1).sum::<usize>());
+        body.push('[');
         for (i, job) in jobs.iter().enumerate() {
             if i > 0 {
                 body.push(',');
             }
             body.push_str(&job.json);
         }
-        body.push_str("]}");
-        self.fetch(self.rpc("ingest_messages", body), timeout).await
+        body.push(']');
+        // The function's one parameter is unnamed, so PostgREST passes the body to it as it is.
+        // Without `columns` it would still parse the whole body first, to learn its keys;
+        // naming them spares that.
+        let request = self.rpc("ingest_batch", body).build().query(&[("columns", "messages")]);
+        let answer = self.send(request, None, timeout).await?;
+        Ok(duplicates(answer.headers.get(DUPLICATES_HEADER)))
     }
-
 
     /// Inserts dead letters; one already dead-lettered (same `dedupe_key`) is not repeated.
     pub async fn insert_dead_letters(&self, letters: &[NewDeadLetter], timeout: Duration) -> Result<(), Error> {
         let body = serde_json::to_string(letters).expect("a dead letter is always serialisable");
         let request = self.table("dlq_jobs").on_conflict("dedupe_key").insert(body);
-        self.send(request, Some("return=minimal,resolution=ignore-duplicates"), timeout).await?;
+        self.send(request.build(), Some("return=minimal,resolution=ignore-duplicates"), timeout).await?;
         Ok(())
     }
 
@@ -173,7 +187,7 @@ impl Supabase {
             Err(why) => serde_json::json!({"replay_error": why}),
         };
         let request = self.table("dlq_jobs").eq("id", id).update(patch.to_string());
-        self.send(request, Some("return=minimal"), timeout).await?;
+        self.send(request.build(), Some("return=minimal"), timeout).await?;
         Ok(())
     }
 
@@ -182,7 +196,7 @@ impl Supabase {
         for (table, key) in TABLES.into_iter().zip(["phone_number", "id", "id"]) {
             // Not limit(0): postgrest-rs computes a range end of limit - 1.
             let request = self.table(table).select(key).limit(1);
-            self.send(request, None, timeout).await.map_err(|e| (table, e))?;
+            self.send(request.build(), None, timeout).await.map_err(|e| (table, e))?;
         }
         Ok(())
     }
@@ -194,13 +208,13 @@ impl Supabase {
 
     /// Sends `request` and decodes its JSON answer.
     async fn fetch<T: serde::de::DeserializeOwned>(&self, request: Builder, timeout: Duration) -> Result<T, Error> {
-        let answer = self.send(request, None, timeout).await?;
-        serde_json::from_slice(&answer).map_err(|e| Error::Decode(e.to_string()))
+        let answer = self.send(request.build(), None, timeout).await?;
+        serde_json::from_slice(&answer.body).map_err(|e| Error::Decode(e.to_string()))
     }
 
-    async fn send(&self, request: Builder, prefer: Option<&'static str>, timeout: Duration) -> Result<Bytes, Error> {
+    async fn send(&self, request: reqwest::RequestBuilder, prefer: Option<&'static str>, timeout: Duration) -> Result<Answer, Error> {
         let started = Instant::now();
-        let mut request = request.build().build().map_err(Error::Transport)?;
+        let mut request = request.build().map_err(Error::Transport)?;
         if let Some(prefer) = prefer {
             request.headers_mut().insert("Prefer", HeaderValue::from_static(prefer));
         }
@@ -208,9 +222,10 @@ impl Supabase {
         let result = tokio::time::timeout(timeout, async {
             let response = self.client.execute(request).await.map_err(Error::Transport)?;
             let status = response.status();
+            let headers = response.headers().clone();
             let body = response.bytes().await.map_err(Error::Transport)?;
             if status.is_success() {
-                Ok(body)
+                Ok(Answer { headers, body })
             } else {
                 Err(Error::from_response(status.as_u16(), &body))
             }
@@ -231,8 +246,8 @@ impl Supabase {
 }
 
 fn endpoint_label(path: &str) -> &'static str {
-    if path.ends_with("/rpc/ingest_messages") {
-        "ingest_messages"
+    if path.ends_with("/rpc/ingest_batch") {
+        "ingest_batch"
     } else if path.ends_with("/dlq_jobs") {
         "dlq_jobs"
     } else if path.ends_with("/jobs") {
@@ -244,9 +259,26 @@ fn endpoint_label(path: &str) -> &'static str {
     }
 }
 
+/// The positions `ingest_batch` reported as already having a job; none when it said nothing.
+///
+/// The batch is committed by the time this is read, so a header that cannot be read costs only the
+/// duplicate count in the metrics, never a message: it is logged and taken as "no duplicates".
+fn duplicates(header: Option<&HeaderValue>) -> Vec<usize> {
+    let Some(header) = header else { return Vec::new() };
+    let parsed: Option<Vec<usize>> = header
+        .to_str()
+        .ok()
+        .and_then(|text| text.split(',').filter(|p| !p.is_empty()).map(|p| p.trim().parse().ok()).collect());
+    parsed.unwrap_or_else(|| {
+        tracing::warn!(header = ?header, "unreadable {DUPLICATES_HEADER} header; counting the batch as new jobs");
+        Vec::new()
+    })
+}
+
 #[cfg(test)]
 mod tests {
-    use super::NewDeadLetter;
+    use super::{duplicates, NewDeadLetter};
+    use reqwest::header::HeaderValue;
     use serde_json::json;
 
     #[test]
@@ -256,5 +288,15 @@ mod tests {
         assert_eq!(key(None, json!({"a": "1", "b": "2"})), key(None, json!({"b": "2", "a": "1"})));
         assert_ne!(key(None, json!({"a": "1"})), key(None, json!({"a": "2"})));
         assert!(key(None, json!({})).starts_with("sha256:"));
+    }
+
+    #[test]
+    fn duplicates_are_read_from_the_header_and_none_without_it() {
+        let read = |v: &str| duplicates(Some(&HeaderValue::from_str(v).unwrap()));
+        assert_eq!(duplicates(None), Vec::<usize>::new());
+        assert_eq!(read(""), Vec::<usize>::new());
+        assert_eq!(read("0,3,17"), vec![0, 3, 17]);
+        // The batch is committed either way: an unreadable header must not fail it.
+        assert_eq!(read("0,x"), Vec::<usize>::new());
     }
 }

@@ -55,7 +55,7 @@ async fn metrics_count_webhooks_by_outcome_and_time_rest_calls() {
         r#"webhooks_total{outcome="ingested"}"#,
         r#"webhooks_total{outcome="forged"}"#,
         "webhook_duration_seconds_bucket",
-        r#"supabase_request_seconds_bucket{endpoint="ingest_messages",status="ok""#,
+        r#"supabase_request_seconds_bucket{endpoint="ingest_batch",status="ok""#,
         "batch_size_bucket",
         "spool_depth",
     ] {
@@ -148,6 +148,7 @@ fn check_reports_a_working_project_and_a_missing_grant_in_plain_words() {
         assert!(out.status.success(), "{grants:?}: {stdout}");
         assert!(stdout.contains("supabase: ok"), "{stdout}");
         assert!(stdout.contains("security: ok"), "{grants:?}: {stdout}");
+        assert!(stdout.contains("ingest: ok"), "{grants:?}: {stdout}");
     }
 
     let broken = Stack::start(Grants::None).unwrap();
@@ -155,7 +156,8 @@ fn check_reports_a_working_project_and_a_missing_grant_in_plain_words() {
         .execute(
             "revoke select on table public.jobs from service_role;
              alter table public.users disable row level security;
-             grant select on table public.dlq_jobs to anon;",
+             grant select on table public.dlq_jobs to anon;
+             revoke execute on function public.ingest_batch(jsonb) from service_role;",
         )
         .unwrap();
     let mut cmd = binary_for(&broken, KeyKind::LegacyJwt, 8080);
@@ -168,6 +170,7 @@ fn check_reports_a_working_project_and_a_missing_grant_in_plain_words() {
         "table users: row level security is off",
         "table jobs: service_role may not select",
         "table dlq_jobs: anon/authenticated hold anon:select",
+        "ingest: PROBLEM: cannot call ingest_batch",
     ] {
         assert!(stdout.contains(expected), "missing {expected:?} in:\n{stdout}");
     }

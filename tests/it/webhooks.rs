@@ -1,6 +1,10 @@
 //! What a Twilio webhook becomes in Supabase: the end-to-end behaviour, on every kind of stack.
 
+use std::time::{Duration, Instant};
+
 use devstack::{jwt, Grants, KeyKind, Stack, PUBLISHABLE_KEY};
+use twilio_ingest::ingest::Outcome;
+use twilio_ingest::supabase::{NewJob, ServiceKey, Supabase};
 use twilio_ingest::twilio::Params;
 
 use crate::helpers::*;
@@ -85,6 +89,45 @@ async fn the_same_message_sid_sent_three_times_makes_one_job(stack: &Stack, app:
     assert_twiml(a).await;
     assert_twiml(b).await;
     assert_eq!(count(stack, &format!("select count(*) from jobs where message_sid = '{sid}'")), 1);
+}
+
+on_every_stack!(a_twilio_retry_is_told_apart_as_a_duplicate);
+async fn a_twilio_retry_is_told_apart_as_a_duplicate(_stack: &Stack, app: &TestApp) {
+    let params = sms(&unique_phone(), "once");
+    let first = app.ingestor.ingest(&params, Instant::now()).await.unwrap().0;
+    let retry = app.ingestor.ingest(&params, Instant::now()).await.unwrap().0;
+    assert_eq!((first, retry), (Outcome::Ingested, Outcome::Duplicate));
+}
+
+/// What `ingest_batch` answers: the positions in the batch whose MessageSid already had a job, and
+/// nothing about a MessageSid that appears twice in the batch itself (the caller sees that).
+#[tokio::test]
+async fn a_batch_reports_the_messages_that_already_had_a_job() {
+    let stack = shared_stack(Grants::None);
+    for kind in [KeyKind::LegacyJwt, KeyKind::Secret] {
+        let supabase = Supabase::new(&stack.url(), &ServiceKey::parse(&kind.service_key()).unwrap());
+        let phone = unique_phone();
+        let payload = serde_json::json!({"Body": "batch"});
+        let job = |sid: &str| {
+            NewJob {
+                message_sid: sid,
+                user_phone: &phone,
+                first_name: None,
+                source_type: "dm",
+                source_channel_id: &phone,
+                content_type: "text",
+                payload: &payload,
+            }
+            .encode()
+        };
+        let (a, b, c) = (job(&unique("SM")), job(&unique("SM")), job(&unique("SM")));
+        let timeout = Duration::from_secs(5);
+        assert_eq!(supabase.ingest_batch(&[&a], timeout).await.unwrap(), Vec::<usize>::new());
+        assert_eq!(supabase.ingest_batch(&[&b, &a, &c, &b], timeout).await.unwrap(), vec![1]);
+        assert_eq!(supabase.ingest_batch(&[&c, &b], timeout).await.unwrap(), vec![0, 1]);
+        assert_eq!(supabase.ingest_batch(&[], timeout).await.unwrap(), Vec::<usize>::new());
+        assert_eq!(count(stack, &format!("select count(*) from jobs where user_id = '{phone}'")), 3);
+    }
 }
 
 on_every_stack!(a_forged_signature_writes_nothing);
@@ -206,20 +249,22 @@ fn the_anon_key_can_neither_read_nor_write_any_table() {
                     let write = with_key(client.post(&url)).header("Content-Type", "application/json").body(body).send().await.unwrap();
                     assert!(matches!(write.status().as_u16(), 401 | 403), "{grants:?} write {table}: {}", write.status());
                 }
-                let rpc = with_rpc_key(&client, &stack.url(), apikey, bearer).await;
-                assert!(matches!(rpc, 401 | 403 | 404), "{grants:?} rpc: {rpc}");
+                for (function, args) in [("ingest_batch", "[]"), ("ingest_messages", r#"{"messages":[]}"#)] {
+                    let rpc = with_rpc_key(&client, &stack.url(), function, args, apikey, bearer).await;
+                    assert!(matches!(rpc, 401 | 403 | 404), "{grants:?} rpc {function}: {rpc}");
+                }
             }
         });
         assert_eq!(count(stack, "select count(*) from users where phone_number = '+15005550099'"), 0);
     }
 }
 
-async fn with_rpc_key(client: &reqwest::Client, url: &str, apikey: &str, bearer: Option<&str>) -> u16 {
+async fn with_rpc_key(client: &reqwest::Client, url: &str, function: &str, args: &'static str, apikey: &str, bearer: Option<&str>) -> u16 {
     let mut r = client
-        .post(format!("{url}/rest/v1/rpc/ingest_messages"))
+        .post(format!("{url}/rest/v1/rpc/{function}"))
         .header("apikey", apikey)
         .header("Content-Type", "application/json")
-        .body(r#"{"messages":[]}"#);
+        .body(args);
     if let Some(b) = bearer {
         r = r.bearer_auth(b);
     }
