@@ -40,6 +40,8 @@ pub struct Config {
     /// How long a webhook may wait for Supabase before its message is spooled instead.
     pub deadline: Duration,
     pub log_format: LogFormat,
+    /// Threads running the service's async work (`WORKER_THREADS`, default 1).
+    pub worker_threads: usize,
 }
 
 impl Config {
@@ -111,6 +113,19 @@ impl Config {
             Some(other) => return Err(invalid("LOG_FORMAT", &format!("'{other}', expected json or pretty"))),
         };
 
+        // One worker by default: the service's own work per webhook is tens of microseconds and the
+        // rest is waiting on Supabase, so a pool only adds cross-thread wake-ups (measured with
+        // benches/throughput.rs: a fifth more CPU per message, and slower at concurrency 1). Fly's
+        // shared-cpu-1x has one core anyway.
+        let worker_threads = match get("WORKER_THREADS") {
+            Some(n) => match n.parse::<usize>() {
+                Ok(n @ 1..=64) => n,
+                Ok(_) => return Err(invalid("WORKER_THREADS", &"must be between 1 and 64")),
+                Err(e) => return Err(invalid("WORKER_THREADS", &e)),
+            },
+            None => 1,
+        };
+
         Ok(Config {
             auth_tokens,
             account_sid,
@@ -122,6 +137,7 @@ impl Config {
             spool_dir,
             deadline,
             log_format,
+            worker_threads,
         })
     }
 }
@@ -171,6 +187,7 @@ mod tests {
         assert_eq!(cfg.port, 8080);
         assert_eq!(cfg.auth_tokens.len(), 1);
         assert_eq!(cfg.deadline, Duration::from_millis(2_500));
+        assert_eq!(cfg.worker_threads, 1);
     }
 
     #[test]
@@ -193,6 +210,8 @@ mod tests {
             ("INGEST_DEADLINE_MS", "60000"),
             ("LOG_FORMAT", "xml"),
             ("HOST", "localhost:80"),
+            ("WORKER_THREADS", "0"),
+            ("WORKER_THREADS", "many"),
         ] {
             let err = Config::from_lookup(env(&[(var, value)])).unwrap_err();
             assert!(err.to_string().starts_with(&format!("{var} is invalid")), "{var}: {err}");

@@ -87,7 +87,11 @@ fn main() -> ExitCode {
         }
     };
     telemetry::init_logging(config.log_format);
-    let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime starts");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(config.worker_threads)
+        .enable_all()
+        .build()
+        .expect("a tokio runtime starts");
     let result = runtime.block_on(async move {
         match cli.command.unwrap_or(Command::Serve) {
             Command::Serve => serve(&config).await,
