@@ -96,16 +96,26 @@ impl PublicUrl {
 
 /// The signature Twilio computes for `url` and `params` with `token`.
 pub fn sign(token: &str, url: &str, params: &Params) -> String {
-    let mut mac = Hmac::<Sha1>::new_from_slice(token.as_bytes()).expect("HMAC takes a key of any length");
-    mac.update(url.as_bytes());
+    BASE64.encode(mac(token, url, &signing_order(params)))
+}
+
+/// The params as Twilio feeds them to the HMAC: keys sorted bytewise, each key's distinct values
+/// sorted.
+fn signing_order(params: &Params) -> Vec<(&str, &str)> {
     let mut pairs: Vec<(&str, &str)> = params.pairs().iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     pairs.sort_unstable();
     pairs.dedup();
+    pairs
+}
+
+fn mac(token: &str, url: &str, pairs: &[(&str, &str)]) -> [u8; 20] {
+    let mut mac = Hmac::<Sha1>::new_from_slice(token.as_bytes()).expect("HMAC takes a key of any length");
+    mac.update(url.as_bytes());
     for (key, value) in pairs {
         mac.update(key.as_bytes());
         mac.update(value.as_bytes());
     }
-    BASE64.encode(mac.finalize().into_bytes())
+    mac.finalize().into_bytes().into()
 }
 
 /// Checks a request's signature over its raw body and returns its params only if it is genuine.
@@ -125,11 +135,14 @@ pub fn verify(
 
     // A JSON body is covered by its hash, not by the HMAC, which then spans the URL alone.
     let signed_params = if body_hash.is_some() { Params::default() } else { Params::from_form(body) };
+    // Compared as bytes, so the params are sorted once for every URL spelling and token. The
+    // decoder refuses non-canonical base64, so equal bytes mean an equal header.
+    let claimed = BASE64.decode(header).map_err(|_| SignatureError::Mismatch)?;
+    let pairs = signing_order(&signed_params);
     let mut ok = Choice::from(0);
     for candidate in url.candidates(path_and_query) {
         for token in tokens {
-            let expected = sign(token.expose_secret(), &candidate, &signed_params);
-            ok |= expected.as_bytes().ct_eq(header.as_bytes());
+            ok |= mac(token.expose_secret(), &candidate, &pairs).as_slice().ct_eq(&claimed);
         }
     }
     if !bool::from(ok) {
@@ -214,6 +227,17 @@ mod tests {
         let path = "/myapp.php?foo=1&bar=2";
         assert_eq!(verify(&url, path, sig, &body, &tokens(&["54321"])), Err(SignatureError::Mismatch));
         assert!(verify(&url, path, sig, &body, &tokens(&["54321", "12345"])).is_ok());
+    }
+
+    #[test]
+    fn a_header_that_is_not_the_signature_in_base64_is_refused() {
+        let url = PublicUrl::parse("https://mycompany.com").unwrap();
+        let body = form(&docs_params());
+        let t = tokens(&["12345"]);
+        let path = "/myapp.php?foo=1&bar=2";
+        for header in ["not base64!", "0/KCTR6DLpKmkAf8muzZqo1nDgQ", "0/KCTR6DLpKmkAf8muzZqo1nDgR="] {
+            assert_eq!(verify(&url, path, Some(header), &body, &t), Err(SignatureError::Mismatch), "{header}");
+        }
     }
 
     #[test]
