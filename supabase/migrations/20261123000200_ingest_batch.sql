@@ -7,8 +7,9 @@
 --     than parsing it into a record to pick out a named argument.
 --   * It returns void, which PostgREST answers with 204 and no body: cheaper than shaping even one
 --     returned value into JSON.
---   * Users take one statement: ON CONFLICT DO UPDATE names a nameless user in the same pass that
---     creates the new ones, where ingest_messages needed a separate UPDATE.
+--   * Users and jobs are one statement, and users one INSERT: ON CONFLICT DO UPDATE names a
+--     nameless user in the same pass that creates the new ones, where ingest_messages needed a
+--     separate UPDATE.
 -- Which messages were duplicates is rare news (a Twilio retry, a spool replay), so it comes back
 -- only when there is some: in the response header X-Ingest-Duplicates, as the zero-based positions
 -- in the batch whose MessageSid already had a job before this call, comma-separated.
@@ -28,24 +29,31 @@ declare
     written text[];
     duplicates text;
 begin
-    -- An existing user's row stays locked until commit even when the WHERE leaves it unchanged, so
-    -- two batches for the same user take turns; sorted, so they lock in the same order and cannot
-    -- deadlock. The lock is FOR NO KEY UPDATE, which foreign key checks (FOR KEY SHARE) do not wait on.
-    insert into public.users as u (phone_number, first_name)
-    select m.user_phone, max(m.first_name)
-    from jsonb_to_recordset(messages) as m (user_phone text, first_name text)
-    group by m.user_phone
-    order by m.user_phone
-    on conflict (phone_number) do update
-        set first_name = excluded.first_name
-        where u.first_name is null and excluded.first_name is not null;
-
-    with inserted as (
+    -- One statement: its parts share one executor start and one snapshot. The jobs' foreign key
+    -- checks run at the end of the statement, so they see the users it creates.
+    with named as (
+        -- An existing user's row stays locked until commit even when the WHERE leaves it
+        -- unchanged, so two batches for the same user take turns; sorted, so they lock in the same
+        -- order and cannot deadlock. The lock is FOR NO KEY UPDATE, which the foreign key checks
+        -- (FOR KEY SHARE) do not wait on.
+        insert into public.users as u (phone_number, first_name)
+        select m.user_phone, max(m.first_name)
+        from jsonb_to_recordset(messages) as m (user_phone text, first_name text)
+        group by m.user_phone
+        order by m.user_phone
+        on conflict (phone_number) do update
+            set first_name = excluded.first_name
+            where u.first_name is null and excluded.first_name is not null
+    ),
+    inserted as (
+        -- Sorted too: two batches holding the same two MessageSids (a retry racing its original)
+        -- would otherwise wait on each other's unique-index entries.
         insert into public.jobs (message_sid, user_id, user_phone, source_type, source_channel_id, content_type, payload)
         select m.message_sid, m.user_phone, m.user_phone, m.source_type, m.source_channel_id, m.content_type, m.payload
         from jsonb_to_recordset(messages) as m (
             message_sid text, user_phone text, source_type text, source_channel_id text, content_type text, payload jsonb
         )
+        order by m.message_sid
         on conflict (message_sid) do nothing
         returning message_sid
     )
