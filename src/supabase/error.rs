@@ -1,3 +1,5 @@
+use std::borrow::Cow;
+
 use serde::Deserialize;
 
 /// What went wrong talking to Supabase, split by [`Error::is_transient`] into what is worth
@@ -63,11 +65,11 @@ impl Error {
     }
 
     /// A short label for metrics: the HTTP status, or what happened instead.
-    pub fn label(&self) -> String {
+    pub fn label(&self) -> Cow<'static, str> {
         match self {
             Error::Transport(_) => "unreachable".into(),
             Error::Timeout(_) => "timeout".into(),
-            Error::Api { status, .. } => status.to_string(),
+            Error::Api { status, .. } => status.to_string().into(),
             Error::Decode(_) => "decode".into(),
         }
     }

@@ -4,6 +4,7 @@
 mod error;
 mod key;
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -123,6 +124,9 @@ pub struct Supabase {
     rest_url: String,
     headers: HeaderMap,
     client: reqwest::Client,
+    /// The request every batch makes, built once by postgrest-rs; each batch clones it and adds
+    /// its body, rather than formatting, parsing and merging the same URL and headers again.
+    ingest: Arc<reqwest::Request>,
 }
 
 impl Supabase {
@@ -135,7 +139,18 @@ impl Supabase {
             .user_agent(concat!("twilio-ingest/", env!("CARGO_PKG_VERSION")))
             .build()
             .expect("the TLS backend initialises");
-        Supabase { rest_url: format!("{}/rest/v1", supabase_url.trim_end_matches('/')), headers: key.headers(), client }
+        let rest_url = format!("{}/rest/v1", supabase_url.trim_end_matches('/'));
+        let headers = key.headers();
+        // The function's one parameter is unnamed, so PostgREST passes the body to it as it is.
+        // Without `columns` it would still parse the whole body first, to learn its keys; naming
+        // them spares that.
+        let ingest = Builder::new(format!("{rest_url}/rpc/ingest_batch"), None, headers.clone(), client.clone())
+            .rpc(String::new())
+            .build()
+            .query(&[("columns", "messages")])
+            .build()
+            .expect("SUPABASE_URL was checked to be a valid URL");
+        Supabase { rest_url, headers, client, ingest: Arc::new(ingest) }
     }
 
     fn table(&self, table: &str) -> Builder {
@@ -158,11 +173,9 @@ impl Supabase {
             body.push_str(&job.json);
         }
         body.push(']');
-        // The function's one parameter is unnamed, so PostgREST passes the body to it as it is.
-        // Without `columns` it would still parse the whole body first, to learn its keys;
-        // naming them spares that.
-        let request = self.rpc("ingest_batch", body).build().query(&[("columns", "messages")]);
-        let answer = self.send(request, None, timeout).await?;
+        let mut request = self.ingest.try_clone().expect("the template's body is not a stream");
+        *request.body_mut() = Some(body.into());
+        let answer = self.send(Ok(request), None, timeout).await?;
         Ok(duplicates(answer.headers.get(DUPLICATES_HEADER)))
     }
 
@@ -170,7 +183,7 @@ impl Supabase {
     pub async fn insert_dead_letters(&self, letters: &[NewDeadLetter], timeout: Duration) -> Result<(), Error> {
         let body = serde_json::to_string(letters).expect("a dead letter is always serialisable");
         let request = self.table("dlq_jobs").on_conflict("dedupe_key").insert(body);
-        self.send(request.build(), Some("return=minimal,resolution=ignore-duplicates"), timeout).await?;
+        self.send(request.build().build(), Some("return=minimal,resolution=ignore-duplicates"), timeout).await?;
         Ok(())
     }
 
@@ -187,7 +200,7 @@ impl Supabase {
             Err(why) => serde_json::json!({"replay_error": why}),
         };
         let request = self.table("dlq_jobs").eq("id", id).update(patch.to_string());
-        self.send(request.build(), Some("return=minimal"), timeout).await?;
+        self.send(request.build().build(), Some("return=minimal"), timeout).await?;
         Ok(())
     }
 
@@ -196,7 +209,7 @@ impl Supabase {
         for (table, key) in TABLES.into_iter().zip(["phone_number", "id", "id"]) {
             // Not limit(0): postgrest-rs computes a range end of limit - 1.
             let request = self.table(table).select(key).limit(1);
-            self.send(request.build(), None, timeout).await.map_err(|e| (table, e))?;
+            self.send(request.build().build(), None, timeout).await.map_err(|e| (table, e))?;
         }
         Ok(())
     }
@@ -208,21 +221,23 @@ impl Supabase {
 
     /// Sends `request` and decodes its JSON answer.
     async fn fetch<T: serde::de::DeserializeOwned>(&self, request: Builder, timeout: Duration) -> Result<T, Error> {
-        let answer = self.send(request.build(), None, timeout).await?;
+        let answer = self.send(request.build().build(), None, timeout).await?;
         serde_json::from_slice(&answer.body).map_err(|e| Error::Decode(e.to_string()))
     }
 
-    async fn send(&self, request: reqwest::RequestBuilder, prefer: Option<&'static str>, timeout: Duration) -> Result<Answer, Error> {
+    /// Sends a request built by postgrest-rs (`RequestBuilder::build`) within `timeout`, and
+    /// records how long it took and how it ended.
+    async fn send(&self, request: reqwest::Result<reqwest::Request>, prefer: Option<&'static str>, timeout: Duration) -> Result<Answer, Error> {
         let started = Instant::now();
-        let mut request = request.build().map_err(Error::Transport)?;
+        let mut request = request.map_err(Error::Transport)?;
         if let Some(prefer) = prefer {
             request.headers_mut().insert("Prefer", HeaderValue::from_static(prefer));
         }
         let endpoint = endpoint_label(request.url().path());
         let result = tokio::time::timeout(timeout, async {
-            let response = self.client.execute(request).await.map_err(Error::Transport)?;
+            let mut response = self.client.execute(request).await.map_err(Error::Transport)?;
             let status = response.status();
-            let headers = response.headers().clone();
+            let headers = std::mem::take(response.headers_mut());
             let body = response.bytes().await.map_err(Error::Transport)?;
             if status.is_success() {
                 Ok(Answer { headers, body })
@@ -233,7 +248,7 @@ impl Supabase {
         .await
         .unwrap_or(Err(Error::Timeout(timeout)));
         let status = match &result {
-            Ok(_) => "ok".to_owned(),
+            Ok(_) => "ok".into(),
             Err(e) => e.label(),
         };
         metrics::histogram!("supabase_request_seconds", "endpoint" => endpoint, "status" => status.clone())
