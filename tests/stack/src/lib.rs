@@ -97,7 +97,20 @@ pub fn repo_root() -> PathBuf {
 
 impl Stack {
     pub fn start(grants: Grants) -> Result<Stack> {
-        Self::start_on(grants, free_port(), free_port())
+        // A port is picked free, then bound by another process seconds later; a stack starting
+        // alongside (the tests start several at once) can take it in between, and this one then
+        // finds a stranger on its port. Such a stack is dropped and started again on fresh ports.
+        let mut attempt = 1;
+        loop {
+            match Self::start_on(grants, free_port(), free_port()) {
+                Ok(stack) => return Ok(stack),
+                Err(e) if attempt < 3 => {
+                    eprintln!("devstack: the stack did not come up ({e:#}); starting it again on other ports");
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// Starts a stack on given gateway and database ports, so its URLs are known in advance.
