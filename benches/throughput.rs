@@ -175,8 +175,13 @@ async fn send(sender: &mut SendRequest<Full<Bytes>>, target: &Target, request: &
         builder = builder.header("x-twilio-signature", signature);
     }
     let request = builder.body(Full::new(request.body.clone())).expect("a well-formed request");
+    // nginx closes a keep-alive connection after 1,000 requests (keepalive_requests); a client
+    // then opens another, and so does this one, inside the request's time.
     if sender.ready().await.is_err() {
-        return false;
+        *sender = connect(target.addr).await;
+        if sender.ready().await.is_err() {
+            return false;
+        }
     }
     match sender.send_request(request).await {
         Ok(response) => {
