@@ -227,7 +227,8 @@ async fn drive(label: &'static str, target: &Target, requests: Vec<Prepared>, co
 }
 
 /// One request at a time, alternating between the lanes, so each lane's latencies are taken under
-/// the same conditions as the others'. Returns one run per lane and each lane's acknowledged sids.
+/// the same conditions as the others'. The order rotates every round, so no lane always follows
+/// the same other one. Returns one run per lane and each lane's acknowledged sids.
 async fn interleaved(lanes: Vec<(&'static str, &Target, Vec<Prepared>)>) -> Vec<(Run, Vec<String>)> {
     let mut senders = Vec::new();
     for (_, target, _) in &lanes {
@@ -236,7 +237,9 @@ async fn interleaved(lanes: Vec<(&'static str, &Target, Vec<Prepared>)>) -> Vec<
     let rounds = lanes.iter().map(|(_, _, r)| r.len()).min().unwrap_or(0);
     let mut latencies = vec![Vec::with_capacity(rounds); lanes.len()];
     for round in 0..rounds {
-        for (lane, (label, target, requests)) in lanes.iter().enumerate() {
+        for k in 0..lanes.len() {
+            let lane = (round + k) % lanes.len();
+            let (label, target, requests) = &lanes[lane];
             let t = Instant::now();
             assert!(send(&mut senders[lane], target, &requests[round]).await, "{label}: a request failed");
             latencies[lane].push(t.elapsed());
