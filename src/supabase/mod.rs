@@ -175,7 +175,7 @@ impl Supabase {
         body.push(']');
         let mut request = self.ingest.try_clone().expect("the template's body is not a stream");
         *request.body_mut() = Some(body.into());
-        let answer = self.send(Ok(request), None, timeout).await?;
+        let answer = self.execute(request, None, timeout).await?;
         Ok(duplicates(answer.headers.get(DUPLICATES_HEADER)))
     }
 
@@ -183,7 +183,7 @@ impl Supabase {
     pub async fn insert_dead_letters(&self, letters: &[NewDeadLetter], timeout: Duration) -> Result<(), Error> {
         let body = serde_json::to_string(letters).expect("a dead letter is always serialisable");
         let request = self.table("dlq_jobs").on_conflict("dedupe_key").insert(body);
-        self.send(request.build().build(), Some("return=minimal,resolution=ignore-duplicates"), timeout).await?;
+        self.send(request, Some("return=minimal,resolution=ignore-duplicates"), timeout).await?;
         Ok(())
     }
 
@@ -200,7 +200,7 @@ impl Supabase {
             Err(why) => serde_json::json!({"replay_error": why}),
         };
         let request = self.table("dlq_jobs").eq("id", id).update(patch.to_string());
-        self.send(request.build().build(), Some("return=minimal"), timeout).await?;
+        self.send(request, Some("return=minimal"), timeout).await?;
         Ok(())
     }
 
@@ -209,7 +209,7 @@ impl Supabase {
         for (table, key) in TABLES.into_iter().zip(["phone_number", "id", "id"]) {
             // Not limit(0): postgrest-rs computes a range end of limit - 1.
             let request = self.table(table).select(key).limit(1);
-            self.send(request.build().build(), None, timeout).await.map_err(|e| (table, e))?;
+            self.send(request, None, timeout).await.map_err(|e| (table, e))?;
         }
         Ok(())
     }
@@ -221,15 +221,18 @@ impl Supabase {
 
     /// Sends `request` and decodes its JSON answer.
     async fn fetch<T: serde::de::DeserializeOwned>(&self, request: Builder, timeout: Duration) -> Result<T, Error> {
-        let answer = self.send(request.build().build(), None, timeout).await?;
+        let answer = self.send(request, None, timeout).await?;
         serde_json::from_slice(&answer.body).map_err(|e| Error::Decode(e.to_string()))
     }
 
-    /// Sends a request built by postgrest-rs (`RequestBuilder::build`) within `timeout`, and
-    /// records how long it took and how it ended.
-    async fn send(&self, request: reqwest::Result<reqwest::Request>, prefer: Option<&'static str>, timeout: Duration) -> Result<Answer, Error> {
+    async fn send(&self, request: Builder, prefer: Option<&'static str>, timeout: Duration) -> Result<Answer, Error> {
+        let request = request.build().build().map_err(Error::Transport)?;
+        self.execute(request, prefer, timeout).await
+    }
+
+    /// Sends `request` within `timeout`, and records how long it took and how it ended.
+    async fn execute(&self, mut request: reqwest::Request, prefer: Option<&'static str>, timeout: Duration) -> Result<Answer, Error> {
         let started = Instant::now();
-        let mut request = request.map_err(Error::Transport)?;
         if let Some(prefer) = prefer {
             request.headers_mut().insert("Prefer", HeaderValue::from_static(prefer));
         }
