@@ -162,14 +162,19 @@ async fn check(config: &Config) -> anyhow::Result<()> {
             println!("security: PROBLEM: cannot read the schema report ({e}); run `supabase db push`");
         }
     }
-    // The very call every batch makes, with nothing in it: proves the function is there and the
-    // key may run it, through the gateway, the way the service will.
-    match supabase.ingest_batch(&[], Duration::from_secs(10)).await {
-        Ok(_) => println!("ingest: ok (ingest_batch answers)"),
-        Err(e) => {
-            problems += 1;
-            println!("ingest: PROBLEM: cannot call ingest_batch ({e}); run `supabase db push`");
-        }
+    // The very calls batches make, with nothing in them: proves the functions are there and the
+    // key may run them, through the gateway, the way the service will.
+    let timeout = Duration::from_secs(10);
+    let ingest = [
+        ("ingest_batch", supabase.ingest_batch(&[], timeout).await),
+        ("ingest_jobs", supabase.ingest_jobs(&[], timeout).await),
+    ];
+    let failed: Vec<String> = ingest.iter().filter_map(|(name, r)| r.as_ref().err().map(|e| format!("{name} ({e})"))).collect();
+    if failed.is_empty() {
+        println!("ingest: ok (ingest_batch and ingest_jobs answer)");
+    } else {
+        problems += 1;
+        println!("ingest: PROBLEM: cannot call {}; run `supabase db push`", failed.join(", "));
     }
     match twilio_ingest::spool::Spool::open(&config.spool_dir) {
         Ok(spool) => println!("spool: ok ({} waiting in {})", spool.depth(), config.spool_dir.display()),

@@ -64,6 +64,12 @@ impl Error {
         }
     }
 
+    /// The database refused a row whose foreign key points at nothing: for a job, a user that is
+    /// not stored.
+    pub fn is_foreign_key_violation(&self) -> bool {
+        matches!(self, Error::Api { code: Some(code), .. } if code == "23503")
+    }
+
     /// A short label for metrics: the HTTP status, or what happened instead.
     pub fn label(&self) -> Cow<'static, str> {
         match self {
@@ -97,6 +103,8 @@ mod tests {
     fn a_refusal_is_not() {
         assert!(!api(403, r#"{"code":"42501","message":"permission denied for table jobs"}"#).is_transient());
         assert!(!api(409, r#"{"code":"23503","message":"violates foreign key"}"#).is_transient());
+        assert!(api(409, r#"{"code":"23503","message":"violates foreign key"}"#).is_foreign_key_violation());
+        assert!(!api(409, r#"{"code":"23505","message":"duplicate key"}"#).is_foreign_key_violation());
         assert!(!api(400, r#"{"code":"23514","message":"violates check constraint"}"#).is_transient());
         assert!(!api(404, r#"{"code":"PGRST202","message":"Could not find the function"}"#).is_transient());
         assert!(!api(401, r#"{"message":"Invalid API key"}"#).is_transient());

@@ -19,8 +19,8 @@ pub use key::ServiceKey;
 /// The tables the service needs; `readyz` and `check` confirm each is reachable with the key.
 pub const TABLES: [&str; 3] = ["users", "jobs", "dlq_jobs"];
 
-/// Set by `ingest_batch` only when some of a batch's messages already had a job: their positions
-/// in the batch, comma-separated.
+/// Set by `ingest_batch` and `ingest_jobs` only when some of a batch's messages already had a job:
+/// their positions in the batch, comma-separated.
 const DUPLICATES_HEADER: &str = "x-ingest-duplicates";
 
 /// What PostgREST answered to a request that succeeded.
@@ -33,6 +33,9 @@ struct Answer {
 #[derive(Clone, Debug)]
 pub struct EncodedJob {
     pub message_sid: String,
+    pub user_phone: String,
+    /// The job brings a first name for its user.
+    pub names_user: bool,
     json: String,
 }
 
@@ -51,6 +54,8 @@ impl NewJob<'_> {
     pub fn encode(&self) -> EncodedJob {
         EncodedJob {
             message_sid: self.message_sid.to_owned(),
+            user_phone: self.user_phone.to_owned(),
+            names_user: self.first_name.is_some(),
             json: serde_json::to_string(self).expect("a job is always serialisable"),
         }
     }
@@ -124,9 +129,10 @@ pub struct Supabase {
     rest_url: String,
     headers: HeaderMap,
     client: reqwest::Client,
-    /// The request every batch makes, built once by postgrest-rs; each batch clones it and adds
-    /// its body, rather than formatting, parsing and merging the same URL and headers again.
-    ingest: Arc<reqwest::Request>,
+    /// The requests batches make, built once by postgrest-rs; each batch clones one and adds its
+    /// body, rather than formatting, parsing and merging the same URL and headers again.
+    ingest_batch: Arc<reqwest::Request>,
+    ingest_jobs: Arc<reqwest::Request>,
 }
 
 impl Supabase {
@@ -141,16 +147,20 @@ impl Supabase {
             .expect("the TLS backend initialises");
         let rest_url = format!("{}/rest/v1", supabase_url.trim_end_matches('/'));
         let headers = key.headers();
-        // The function's one parameter is unnamed, so PostgREST passes the body to it as it is.
-        // Without `columns` it would still parse the whole body first, to learn its keys; naming
-        // them spares that.
-        let ingest = Builder::new(format!("{rest_url}/rpc/ingest_batch"), None, headers.clone(), client.clone())
-            .rpc(String::new())
-            .build()
-            .query(&[("columns", "messages")])
-            .build()
-            .expect("SUPABASE_URL was checked to be a valid URL");
-        Supabase { rest_url, headers, client, ingest: Arc::new(ingest) }
+        let template = |function: &str| {
+            // The function's one parameter is unnamed, so PostgREST passes the body to it as it
+            // is. Without `columns` it would still parse the whole body first, to learn its keys;
+            // naming them spares that.
+            let request = Builder::new(format!("{rest_url}/rpc/{function}"), None, headers.clone(), client.clone())
+                .rpc(String::new())
+                .build()
+                .query(&[("columns", "messages")])
+                .build()
+                .expect("SUPABASE_URL was checked to be a valid URL");
+            Arc::new(request)
+        };
+        let (ingest_batch, ingest_jobs) = (template("ingest_batch"), template("ingest_jobs"));
+        Supabase { rest_url, headers, client, ingest_batch, ingest_jobs }
     }
 
     fn table(&self, table: &str) -> Builder {
@@ -164,6 +174,17 @@ impl Supabase {
     /// Upserts the users and inserts the jobs of one batch in one transaction. Returns the
     /// positions in `jobs` whose MessageSid already had a job before this call.
     pub async fn ingest_batch(&self, jobs: &[&EncodedJob], timeout: Duration) -> Result<Vec<usize>, Error> {
+        self.ingest(&self.ingest_batch, jobs, timeout).await
+    }
+
+    /// Inserts the jobs of one batch whose users are all stored and have nothing to add, and
+    /// answers like [`Supabase::ingest_batch`]. A user that is not stored fails the whole batch,
+    /// writing nothing, with [`Error::is_foreign_key_violation`].
+    pub async fn ingest_jobs(&self, jobs: &[&EncodedJob], timeout: Duration) -> Result<Vec<usize>, Error> {
+        self.ingest(&self.ingest_jobs, jobs, timeout).await
+    }
+
+    async fn ingest(&self, template: &reqwest::Request, jobs: &[&EncodedJob], timeout: Duration) -> Result<Vec<usize>, Error> {
         let mut body = String::with_capacity(2 + jobs.iter().map(|j| j.json.len() + 1).sum::<usize>());
         body.push('[');
         for (i, job) in jobs.iter().enumerate() {
@@ -173,7 +194,7 @@ impl Supabase {
             body.push_str(&job.json);
         }
         body.push(']');
-        let mut request = self.ingest.try_clone().expect("the template's body is not a stream");
+        let mut request = template.try_clone().expect("the template's body is not a stream");
         *request.body_mut() = Some(body.into());
         let answer = self.execute(request, None, timeout).await?;
         Ok(duplicates(answer.headers.get(DUPLICATES_HEADER)))
@@ -264,7 +285,9 @@ impl Supabase {
 }
 
 fn endpoint_label(path: &str) -> &'static str {
-    if path.ends_with("/rpc/ingest_batch") {
+    if path.ends_with("/rpc/ingest_jobs") {
+        "ingest_jobs"
+    } else if path.ends_with("/rpc/ingest_batch") {
         "ingest_batch"
     } else if path.ends_with("/dlq_jobs") {
         "dlq_jobs"
@@ -277,7 +300,7 @@ fn endpoint_label(path: &str) -> &'static str {
     }
 }
 
-/// The positions `ingest_batch` reported as already having a job; none when it said nothing.
+/// The positions an ingest function reported as already having a job; none when it said nothing.
 ///
 /// The batch is committed by the time this is read, so a header that cannot be read costs only the
 /// duplicate count in the metrics, never a message: it is logged and taken as "no duplicates".

@@ -157,7 +157,7 @@ fn check_reports_a_working_project_and_a_missing_grant_in_plain_words() {
             "revoke select on table public.jobs from service_role;
              alter table public.users disable row level security;
              grant select on table public.dlq_jobs to anon;
-             revoke execute on function public.ingest_batch(jsonb) from service_role;",
+             revoke execute on function public.ingest_jobs(jsonb) from service_role;",
         )
         .unwrap();
     let mut cmd = binary_for(&broken, KeyKind::LegacyJwt, 8080);
@@ -170,7 +170,9 @@ fn check_reports_a_working_project_and_a_missing_grant_in_plain_words() {
         "table users: row level security is off",
         "table jobs: service_role may not select",
         "table dlq_jobs: anon/authenticated hold anon:select",
-        "ingest: PROBLEM: cannot call ingest_batch",
+        // ingest_batch calls ingest_jobs, so both fail.
+        "ingest: PROBLEM: cannot call ingest_batch (",
+        ", ingest_jobs (",
     ] {
         assert!(stdout.contains(expected), "missing {expected:?} in:\n{stdout}");
     }

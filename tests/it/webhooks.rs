@@ -130,6 +130,36 @@ async fn a_batch_reports_the_messages_that_already_had_a_job() {
     }
 }
 
+/// `ingest_jobs` trusts its caller that every user is stored; when one is not, the foreign key
+/// refuses the whole batch, so nothing of it is written and the caller can send it again.
+#[tokio::test]
+async fn ingest_jobs_refuses_a_batch_with_a_user_not_stored_and_writes_nothing() {
+    let stack = shared_stack(Grants::None);
+    let supabase = Supabase::new(&stack.url(), &ServiceKey::parse(&KeyKind::Secret.service_key()).unwrap());
+    let (stored, missing) = (unique_phone(), unique_phone());
+    stack.execute(&format!("insert into users (phone_number) values ('{stored}')")).unwrap();
+    let payload = serde_json::json!({"Body": "jobs only"});
+    let job = |phone: &str| {
+        NewJob {
+            message_sid: &unique("SM"),
+            user_phone: phone,
+            first_name: None,
+            source_type: "dm",
+            source_channel_id: phone,
+            content_type: "text",
+            payload: &payload,
+        }
+        .encode()
+    };
+    let (a, b) = (job(&stored), job(&missing));
+    let err = supabase.ingest_jobs(&[&a, &b], Duration::from_secs(5)).await.unwrap_err();
+    assert!(err.is_foreign_key_violation(), "{err}");
+    assert_eq!(count(stack, &format!("select count(*) from jobs where user_id in ('{stored}', '{missing}')")), 0);
+
+    assert_eq!(supabase.ingest_jobs(&[&a], Duration::from_secs(5)).await.unwrap(), Vec::<usize>::new());
+    assert_eq!(count(stack, &format!("select count(*) from jobs where user_id = '{stored}'")), 1);
+}
+
 on_every_stack!(a_forged_signature_writes_nothing);
 async fn a_forged_signature_writes_nothing(stack: &Stack, app: &TestApp) {
     let phone = unique_phone();
@@ -249,7 +279,7 @@ fn the_anon_key_can_neither_read_nor_write_any_table() {
                     let write = with_key(client.post(&url)).header("Content-Type", "application/json").body(body).send().await.unwrap();
                     assert!(matches!(write.status().as_u16(), 401 | 403), "{grants:?} write {table}: {}", write.status());
                 }
-                for (function, args) in [("ingest_batch", "[]"), ("ingest_messages", r#"{"messages":[]}"#)] {
+                for (function, args) in [("ingest_batch", "[]"), ("ingest_jobs", "[]"), ("ingest_messages", r#"{"messages":[]}"#)] {
                     let rpc = with_rpc_key(&client, &stack.url(), function, args, apikey, bearer).await;
                     assert!(matches!(rpc, 401 | 403 | 404), "{grants:?} rpc {function}: {rpc}");
                 }
