@@ -70,17 +70,33 @@ async fn flush(inner: &Inner, batch: Vec<Pending>) {
 impl Inner {
     /// Writes `jobs` in as few round trips as it can and says, for each in order, where it went.
     ///
-    /// A batch that Supabase refuses for good is split in halves until the message at fault is
-    /// alone, so only it is dead-lettered and its neighbours are not punished.
+    /// A batch whose users are all known to be stored skips the users upsert. A batch that
+    /// Supabase refuses for good is split in halves until the message at fault is alone, so only
+    /// it is dead-lettered and its neighbours are not punished.
     pub(super) async fn write_jobs(&self, jobs: &[(&EncodedJob, &Value)], until: Instant) -> Vec<Delivery> {
         let mut deliveries: Vec<Option<Delivery>> = jobs.iter().map(|_| None).collect();
-        // A work stack of index ranges still to write; splits push their halves.
-        #[allow(clippy::single_range_in_vec_init)]
-        let mut ranges = vec![0..jobs.len()];
-        while let Some(range) = ranges.pop() {
+        // A work stack of index ranges still to write, each with whether its users may be
+        // skipped; splits push their halves.
+        let mut ranges = vec![(0..jobs.len(), true)];
+        while let Some((range, may_skip_users)) = ranges.pop() {
             let chunk: Vec<&EncodedJob> = jobs[range.clone()].iter().map(|(job, _)| *job).collect();
-            match retry::until(until, |timeout| self.supabase.ingest_batch(&chunk, timeout)).await {
+            let skip_users = may_skip_users && self.known_users.need_nothing(&chunk);
+            let written = retry::until(until, |timeout| {
+                let chunk = &chunk;
+                async move {
+                    if skip_users {
+                        self.supabase.ingest_jobs(chunk, timeout).await
+                    } else {
+                        self.supabase.ingest_batch(chunk, timeout).await
+                    }
+                }
+            })
+            .await;
+            match written {
                 Ok(existed) => {
+                    if !skip_users {
+                        self.known_users.learn(&chunk);
+                    }
                     // A MessageSid twice in one batch is written once, for its first occurrence.
                     let mut seen = HashSet::with_capacity(range.len());
                     for (position, i) in range.enumerate() {
@@ -89,6 +105,12 @@ impl Inner {
                         deliveries[i] = Some(Delivery::Written(outcome));
                     }
                 }
+                // A user thought stored is gone, and nothing was written: again, with the users.
+                Err(e) if skip_users && e.is_foreign_key_violation() => {
+                    tracing::info!(error = %e, "a known user is no longer stored; upserting the batch's users");
+                    self.known_users.forget(&chunk);
+                    ranges.push((range, false));
+                }
                 Err(e) if e.is_transient() => {
                     for i in range {
                         deliveries[i] = Some(Delivery::Unwritten(e.to_string()));
@@ -96,8 +118,8 @@ impl Inner {
                 }
                 Err(_) if range.len() > 1 => {
                     let mid = range.start + range.len() / 2;
-                    ranges.push(mid..range.end);
-                    ranges.push(range.start..mid);
+                    ranges.push((mid..range.end, may_skip_users));
+                    ranges.push((range.start..mid, may_skip_users));
                 }
                 Err(e) => {
                     let (job, payload) = jobs[range.start];

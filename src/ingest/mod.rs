@@ -7,6 +7,7 @@
 //! and replayed later (`replay`).
 
 mod batcher;
+mod known_users;
 mod replay;
 mod retry;
 
@@ -20,6 +21,7 @@ use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
+use self::known_users::KnownUsers;
 use crate::spool::Spool;
 use crate::supabase::{EncodedJob, NewDeadLetter, NewJob, Supabase};
 use crate::twilio::{webhook, InboundMessage, Params, Unusable, Webhook};
@@ -86,6 +88,10 @@ pub struct Settings {
     pub batches_in_flight: usize,
     pub queue_capacity: usize,
     pub replay_interval: Duration,
+    /// How many users, and for how long, to remember as stored so their jobs skip the users
+    /// upsert (`known_users`).
+    pub known_users: usize,
+    pub known_user_ttl: Duration,
 }
 
 impl Default for Settings {
@@ -96,6 +102,8 @@ impl Default for Settings {
             batches_in_flight: 2,
             queue_capacity: 8_192,
             replay_interval: Duration::from_secs(1),
+            known_users: 10_000,
+            known_user_ttl: Duration::from_secs(600),
         }
     }
 }
@@ -109,6 +117,7 @@ pub struct Ingestor {
 struct Inner {
     supabase: Supabase,
     spool: Spool,
+    known_users: KnownUsers,
     settings: Settings,
 }
 
@@ -121,7 +130,8 @@ pub struct Workers {
 
 impl Ingestor {
     pub fn start(supabase: Supabase, spool: Spool, settings: Settings) -> (Ingestor, Workers) {
-        let inner = Arc::new(Inner { supabase, spool, settings });
+        let known_users = KnownUsers::new(settings.known_users, settings.known_user_ttl);
+        let inner = Arc::new(Inner { supabase, spool, known_users, settings });
         let (queue, receiver) = mpsc::channel(inner.settings.queue_capacity);
         let batcher = tokio::spawn(batcher::run(inner.clone(), receiver));
         let (stop_replay, stopped) = oneshot::channel();

@@ -99,6 +99,57 @@ async fn a_twilio_retry_is_told_apart_as_a_duplicate(_stack: &Stack, app: &TestA
     assert_eq!((first, retry), (Outcome::Ingested, Outcome::Duplicate));
 }
 
+on_every_stack!(a_user_stored_without_a_name_is_named_by_a_later_message);
+async fn a_user_stored_without_a_name_is_named_by_a_later_message(stack: &Stack, app: &TestApp) {
+    let phone = unique_phone();
+    let wa = format!("whatsapp:{phone}");
+    // The first message stores the user with no name, and the service now knows the user.
+    assert_eq!(app.ingestor.ingest(&sms(&wa, "first"), Instant::now()).await.unwrap().0, Outcome::Ingested);
+    let mut named = sms(&wa, "second").pairs().to_vec();
+    named.push(("ProfileName".into(), "Grace".into()));
+    assert_eq!(app.ingestor.ingest(&Params::from_pairs(named), Instant::now()).await.unwrap().0, Outcome::Ingested);
+    assert_eq!(q(stack, &format!("select first_name from users where phone_number = '{phone}'")), vec![Some("Grace".into())]);
+}
+
+on_every_stack!(a_user_deleted_behind_the_services_back_is_stored_again);
+async fn a_user_deleted_behind_the_services_back_is_stored_again(stack: &Stack, app: &TestApp) {
+    let phone = unique_phone();
+    assert_eq!(app.ingestor.ingest(&sms(&phone, "first"), Instant::now()).await.unwrap().0, Outcome::Ingested);
+    stack
+        .execute(&format!("delete from jobs where user_id = '{phone}'; delete from users where phone_number = '{phone}';"))
+        .unwrap();
+
+    let params = sms(&phone, "after the delete");
+    let sid = params.get("MessageSid").unwrap().to_owned();
+    assert_eq!(app.ingestor.ingest(&params, Instant::now()).await.unwrap().0, Outcome::Ingested);
+    assert_eq!(count(stack, &format!("select count(*) from users where phone_number = '{phone}'")), 1);
+    assert_eq!(count(stack, &format!("select count(*) from jobs where message_sid = '{sid}'")), 1);
+    assert_eq!(count(stack, &format!("select count(*) from dlq_jobs where message_sid = '{sid}'")), 0);
+}
+
+on_every_stack!(a_known_users_messages_leave_the_users_row_unlocked);
+/// A user the service has stored is not locked again by each of their messages, so messages from
+/// one busy user do not queue behind each other's transactions.
+async fn a_known_users_messages_leave_the_users_row_unlocked(stack: &Stack, app: &TestApp) {
+    let phone = unique_phone();
+    assert_eq!(app.ingestor.ingest(&sms(&phone, "first"), Instant::now()).await.unwrap().0, Outcome::Ingested);
+
+    // Another transaction holds the lock a users upsert would need (but a job's foreign key
+    // check does not) for longer than the request's deadline.
+    let (db, connection) = tokio_postgres::connect(&stack.db_url(), tokio_postgres::NoTls).await.unwrap();
+    let connection = tokio::spawn(connection);
+    db.batch_execute(&format!("begin; select from users where phone_number = '{phone}' for no key update;")).await.unwrap();
+
+    let params = sms(&phone, "while the row is locked");
+    let outcome = app.ingestor.ingest(&params, Instant::now()).await.unwrap().0;
+    db.batch_execute("rollback").await.unwrap();
+    drop(db);
+    let _ = connection.await;
+    assert_eq!(outcome, Outcome::Ingested, "the message waited on the user's row");
+    let sid = params.get("MessageSid").unwrap();
+    assert_eq!(count(stack, &format!("select count(*) from jobs where message_sid = '{sid}'")), 1);
+}
+
 /// What `ingest_batch` answers: the positions in the batch whose MessageSid already had a job, and
 /// nothing about a MessageSid that appears twice in the batch itself (the caller sees that).
 #[tokio::test]
