@@ -33,7 +33,8 @@ const MAX_IN_FLIGHT: usize = 2_048;
 const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 const EMPTY_TWIML: &str = r#"<?xml version="1.0" encoding="UTF-8"?><Response></Response>"#;
 
-#[derive(Clone)]
+/// Shared by every request behind one `Arc`: axum clones the state for each request, and a clone
+/// of these fields would copy the Supabase client's URL and headers each time.
 pub(crate) struct AppState {
     pub ingestor: Ingestor,
     pub supabase: Supabase,
@@ -63,7 +64,7 @@ pub(crate) fn router(state: AppState) -> Router {
                 .layer(PropagateRequestIdLayer::x_request_id())
                 .layer(CatchPanicLayer::new()),
         )
-        .with_state(state)
+        .with_state(Arc::new(state))
 }
 
 fn request_span<B>(request: &Request<B>) -> tracing::Span {
@@ -85,7 +86,7 @@ fn twiml() -> Response {
 }
 
 async fn twilio_webhook(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     OriginalUri(uri): OriginalUri,
     headers: HeaderMap,
     body: Bytes,
@@ -142,7 +143,7 @@ fn finish(received: Instant, outcome: &'static str, response: Response) -> Respo
     response
 }
 
-async fn readyz(State(state): State<AppState>) -> Response {
+async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     let depth = state.ingestor.spool_depth();
     match state.supabase.probe(Duration::from_secs(2)).await {
         Ok(()) => format!("ready\nspool_depth {depth}\n").into_response(),
@@ -153,7 +154,7 @@ async fn readyz(State(state): State<AppState>) -> Response {
     }
 }
 
-async fn metrics(State(state): State<AppState>) -> Response {
+async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     metrics::gauge!("spool_depth").set(state.ingestor.spool_depth() as f64);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render()).into_response()
 }
