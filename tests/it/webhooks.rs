@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use devstack::{jwt, Grants, KeyKind, Stack, PUBLISHABLE_KEY};
 use twilio_ingest::ingest::Outcome;
-use twilio_ingest::supabase::{NewJob, ServiceKey, Supabase};
+use twilio_ingest::supabase::{EncodedJob, NewJob, ServiceKey, Supabase};
 use twilio_ingest::twilio::Params;
 
 use crate::helpers::*;
@@ -150,6 +150,21 @@ async fn a_known_users_messages_leave_the_users_row_unlocked(stack: &Stack, app:
     assert_eq!(count(stack, &format!("select count(*) from jobs where message_sid = '{sid}'")), 1);
 }
 
+/// A dm job from `phone` with a fresh MessageSid, encoded as the batcher sends it.
+fn dm_job(phone: &str) -> EncodedJob {
+    let payload = serde_json::json!({"Body": "batch"});
+    NewJob {
+        message_sid: &unique("SM"),
+        user_phone: phone,
+        first_name: None,
+        source_type: "dm",
+        source_channel_id: phone,
+        content_type: "text",
+        payload: &payload,
+    }
+    .encode()
+}
+
 /// What `ingest_batch` answers: the positions in the batch whose MessageSid already had a job, and
 /// nothing about a MessageSid that appears twice in the batch itself (the caller sees that).
 #[tokio::test]
@@ -158,20 +173,7 @@ async fn a_batch_reports_the_messages_that_already_had_a_job() {
     for kind in [KeyKind::LegacyJwt, KeyKind::Secret] {
         let supabase = Supabase::new(&stack.url(), &ServiceKey::parse(&kind.service_key()).unwrap());
         let phone = unique_phone();
-        let payload = serde_json::json!({"Body": "batch"});
-        let job = |sid: &str| {
-            NewJob {
-                message_sid: sid,
-                user_phone: &phone,
-                first_name: None,
-                source_type: "dm",
-                source_channel_id: &phone,
-                content_type: "text",
-                payload: &payload,
-            }
-            .encode()
-        };
-        let (a, b, c) = (job(&unique("SM")), job(&unique("SM")), job(&unique("SM")));
+        let (a, b, c) = (dm_job(&phone), dm_job(&phone), dm_job(&phone));
         let timeout = Duration::from_secs(5);
         assert_eq!(supabase.ingest_batch(&[&a], timeout).await.unwrap(), Vec::<usize>::new());
         assert_eq!(supabase.ingest_batch(&[&b, &a, &c, &b], timeout).await.unwrap(), vec![1]);
@@ -189,20 +191,7 @@ async fn ingest_jobs_refuses_a_batch_with_a_user_not_stored_and_writes_nothing()
     let supabase = Supabase::new(&stack.url(), &ServiceKey::parse(&KeyKind::Secret.service_key()).unwrap());
     let (stored, missing) = (unique_phone(), unique_phone());
     stack.execute(&format!("insert into users (phone_number) values ('{stored}')")).unwrap();
-    let payload = serde_json::json!({"Body": "jobs only"});
-    let job = |phone: &str| {
-        NewJob {
-            message_sid: &unique("SM"),
-            user_phone: phone,
-            first_name: None,
-            source_type: "dm",
-            source_channel_id: phone,
-            content_type: "text",
-            payload: &payload,
-        }
-        .encode()
-    };
-    let (a, b) = (job(&stored), job(&missing));
+    let (a, b) = (dm_job(&stored), dm_job(&missing));
     let err = supabase.ingest_jobs(&[&a, &b], Duration::from_secs(5)).await.unwrap_err();
     assert!(err.is_foreign_key_violation(), "{err}");
     assert_eq!(count(stack, &format!("select count(*) from jobs where user_id in ('{stored}', '{missing}')")), 0);
