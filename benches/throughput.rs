@@ -446,7 +446,7 @@ fn main() {
     let (idle, peak) = (idle_rss as f64 / 1024.0, peak_rss as f64 / 1024.0);
     println!("\nthroughput ratio service/baseline at c={CONCURRENCY}: {ratio:.2}x   (target >= 3.00x: {})", verdict(ratio >= 3.0));
     println!("p99 at c={CONCURRENCY}: {p99:.2} ms   (target <= 25 ms: {})", verdict(p99 <= 25.0));
-    println!("p50 ratio service/baseline at c=1: {p50_ratio:.2}x   (target <= 1.20x: {})", verdict(p50_ratio <= 1.2));
+    println!("p50 ratio service/baseline at c=1: {p50_ratio:.3}x   (target <= 1.200x: {})", verdict(p50_ratio <= 1.2));
     println!(
         "service RSS: idle {idle:.1} MiB (target <= 20: {}), peak under load {peak:.1} MiB (target <= 64: {})",
         verdict(idle <= 20.0),
