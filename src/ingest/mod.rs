@@ -88,9 +88,10 @@ pub struct Settings {
     pub batches_in_flight: usize,
     pub queue_capacity: usize,
     pub replay_interval: Duration,
-    /// How many users, and for how long, to remember as stored so their jobs skip the users
-    /// upsert (`known_users`).
+    /// How many users to remember as stored, so that their jobs skip the users upsert
+    /// (`known_users`); 0 remembers none.
     pub known_users: usize,
+    /// How long a remembered user is trusted before the next batch upserts them again.
     pub known_user_ttl: Duration,
 }
 

@@ -103,12 +103,17 @@ mod tests {
     fn a_refusal_is_not() {
         assert!(!api(403, r#"{"code":"42501","message":"permission denied for table jobs"}"#).is_transient());
         assert!(!api(409, r#"{"code":"23503","message":"violates foreign key"}"#).is_transient());
-        assert!(api(409, r#"{"code":"23503","message":"violates foreign key"}"#).is_foreign_key_violation());
-        assert!(!api(409, r#"{"code":"23505","message":"duplicate key"}"#).is_foreign_key_violation());
         assert!(!api(400, r#"{"code":"23514","message":"violates check constraint"}"#).is_transient());
         assert!(!api(404, r#"{"code":"PGRST202","message":"Could not find the function"}"#).is_transient());
         assert!(!api(401, r#"{"message":"Invalid API key"}"#).is_transient());
         assert!(!api(500, r#"{"code":"22P02","message":"invalid input syntax"}"#).is_transient());
+    }
+
+    #[test]
+    fn a_job_for_a_user_not_stored_is_told_apart_from_other_refusals() {
+        assert!(api(409, r#"{"code":"23503","message":"violates foreign key"}"#).is_foreign_key_violation());
+        assert!(!api(409, r#"{"code":"23505","message":"duplicate key"}"#).is_foreign_key_violation());
+        assert!(!api(503, r#"{"code":"PGRST000","message":"Database connection error"}"#).is_foreign_key_violation());
     }
 
     #[test]
