@@ -1,8 +1,9 @@
-//! A local Supabase-like stack of real parts for tests, benchmarks and local runs: PostgreSQL
-//! (Debian's binaries) with Supabase's roles, the project's migrations, PostgREST 12, and an nginx
-//! gateway that behaves like Supabase's (`/rest/v1/`, `apikey` required, `sb_secret_…` swapped for a
-//! service_role JWT). Everything binds 127.0.0.1 on free ports and dies with the process that
-//! started it.
+//! A local Supabase-like stack of real parts for tests, benchmarks and local runs: PostgreSQL 17
+//! with a hosted project's roles (a `supabase_admin` superuser, `postgres` not one) and its
+//! schema-reload event triggers, the project's migrations pushed by the real Supabase CLI, PostgREST
+//! 12, and an nginx gateway that behaves like Supabase's (`/rest/v1/`, `apikey` required,
+//! `sb_secret_…` swapped for a service_role JWT). Everything binds 127.0.0.1 on free ports and dies
+//! with the process that started it. `scripts/install-deps` puts the binaries in `.tools/`.
 
 mod fault;
 mod process;
@@ -84,6 +85,7 @@ struct Bins {
     pg: PathBuf,
     postgrest: PathBuf,
     nginx: PathBuf,
+    supabase: PathBuf,
 }
 
 pub fn free_port() -> u16 {
@@ -96,13 +98,20 @@ pub fn repo_root() -> PathBuf {
 }
 
 impl Stack {
+    /// A stack with every migration of the repository pushed.
     pub fn start(grants: Grants) -> Result<Stack> {
+        Self::start_from(grants, &repo_root())
+    }
+
+    /// A stack with the migrations of the Supabase project in `workdir` pushed (see
+    /// [`project_copy`] for one that holds only some of them).
+    pub fn start_from(grants: Grants, workdir: &Path) -> Result<Stack> {
         // A port is picked free, then bound by another process seconds later; a stack starting
         // alongside (the tests start several at once) can take it in between, and this one then
         // finds a stranger on its port. Such a stack is dropped and started again on fresh ports.
         let mut attempt = 1;
         loop {
-            match Self::start_on(grants, free_port(), free_port()) {
+            match Self::start_on_from(grants, free_port(), free_port(), workdir) {
                 Ok(stack) => return Ok(stack),
                 Err(e) if attempt < 3 => {
                     eprintln!("devstack: the stack did not come up ({e:#}); starting it again on other ports");
@@ -115,6 +124,10 @@ impl Stack {
 
     /// Starts a stack on given gateway and database ports, so its URLs are known in advance.
     pub fn start_on(grants: Grants, gateway_port: u16, pg_port: u16) -> Result<Stack> {
+        Self::start_on_from(grants, gateway_port, pg_port, &repo_root())
+    }
+
+    fn start_on_from(grants: Grants, gateway_port: u16, pg_port: u16, workdir: &Path) -> Result<Stack> {
         let bins = Bins::find()?;
         let dir = std::env::temp_dir().join(format!("devstack-{}-{}", std::process::id(), free_port()));
         fs::create_dir_all(&dir)?;
@@ -130,6 +143,7 @@ impl Stack {
         stack.init_postgres()?;
         stack.start_postgres()?;
         stack.bootstrap()?;
+        stack.push_migrations(workdir, false)?;
         stack.start_postgrest()?;
         stack.start_gateway()?;
         stack.wait_ready(Duration::from_secs(30))?;
@@ -141,8 +155,18 @@ impl Stack {
         format!("http://127.0.0.1:{}", self.gateway_port)
     }
 
+    /// Connection settings for `postgres`, the role migrations and operators use (not a superuser).
     pub fn db_url(&self) -> String {
         format!("host=127.0.0.1 port={} user=postgres dbname=postgres", self.pg_port)
+    }
+
+    /// The same as a URL, as the Supabase CLI and `DATABASE_URL` take it.
+    pub fn database_url(&self) -> String {
+        format!("postgres://postgres:postgres@127.0.0.1:{}/postgres", self.pg_port)
+    }
+
+    fn admin_url(&self) -> String {
+        format!("host=127.0.0.1 port={} user=supabase_admin dbname=postgres", self.pg_port)
     }
 
     fn init_postgres(&self) -> Result<()> {
@@ -151,7 +175,7 @@ impl Stack {
         process::give_to_postgres(&self.dir)?;
         process::give_to_postgres(&data)?;
         let mut cmd = Command::new(self.bins.pg.join("initdb"));
-        cmd.args(["-D"]).arg(&data).args(["-U", "postgres", "--auth=trust", "-E", "UTF8", "--locale=C.UTF-8", "--no-sync"]);
+        cmd.args(["-D"]).arg(&data).args(["-U", "supabase_admin", "--auth=trust", "-E", "UTF8", "--locale=C.UTF-8", "--no-sync"]);
         process::run_as_postgres(cmd, &self.dir.join("initdb.log"))
     }
 
@@ -334,18 +358,12 @@ http {{
         }
     }
 
-    /// Runs SQL as the `postgres` superuser.
+    /// Runs SQL as `postgres`, the role that owns the project's objects.
     pub fn execute(&self, sql: &str) -> Result<()> {
-        let url = self.db_url();
-        let sql = sql.to_owned();
-        run_async(async move {
-            let client = connect(&url).await?;
-            client.batch_execute(&sql).await.context("running SQL")?;
-            Ok(())
-        })
+        execute_at(self.db_url(), sql)
     }
 
-    /// Runs a query as the `postgres` superuser and returns the first column of each row as text.
+    /// Runs a query as `postgres` and returns the first column of each row as text.
     pub fn query(&self, sql: &str) -> Result<Vec<Option<String>>> {
         let url = self.db_url();
         let sql = sql.to_owned();
@@ -362,30 +380,50 @@ http {{
         })
     }
 
-    /// Supabase's roles and `auth` helpers, then every migration in order, each in one transaction.
+    /// A hosted project's roles, `auth` helpers and schema-reload triggers, made by the superuser.
     fn bootstrap(&self) -> Result<()> {
         let mut sql = String::from(BOOTSTRAP);
         if self.grants == Grants::Default {
             sql.push_str(DEFAULT_GRANTS);
         }
-        self.execute(&sql)?;
-        let mut migrations: Vec<PathBuf> = fs::read_dir(repo_root().join("supabase/migrations"))?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|x| x == "sql"))
-            .collect();
-        migrations.sort();
-        for path in migrations {
-            let name = path.file_stem().unwrap().to_string_lossy().into_owned();
-            let (version, label) = name.split_once('_').unwrap_or((&name, ""));
-            let body = fs::read_to_string(&path)?;
-            self.execute(&format!(
-                "begin;\n{body}\n;\ninsert into supabase_migrations.schema_migrations (version, name) values ('{version}', '{label}');\ncommit;"
-            ))
-            .with_context(|| format!("applying {}", path.display()))?;
-        }
-        Ok(())
+        execute_at(self.admin_url(), &sql).context("bootstrapping the roles")
     }
 
+    /// Pushes the migrations of the Supabase project in `workdir` (and its seed, if asked) with
+    /// the real Supabase CLI, as `supabase db push --remote=<database URL>` does for a hosted
+    /// project: connected as `postgres`, recording each in `supabase_migrations.schema_migrations`.
+    /// Returns what the CLI printed.
+    pub fn push_migrations(&self, workdir: &Path, include_seed: bool) -> Result<String> {
+        let mut cmd = Command::new(&self.bins.supabase);
+        cmd.args(["db", "push", "--yes", "--workdir"])
+            .arg(workdir)
+            .arg(format!("--remote={}", self.database_url()))
+            .env("SUPABASE_TELEMETRY_DISABLED", "1")
+            .env("DO_NOT_TRACK", "1");
+        if include_seed {
+            cmd.arg("--include-seed");
+        }
+        let output = cmd.output().context("running the Supabase CLI")?;
+        let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+        if !output.status.success() {
+            bail!("supabase db push failed ({}):\n{text}", output.status);
+        }
+        Ok(text)
+    }
+}
+
+fn execute_at(url: String, sql: &str) -> Result<()> {
+    {
+        let sql = sql.to_owned();
+        run_async(async move {
+            let client = connect(&url).await?;
+            client.batch_execute(&sql).await.context("running SQL")?;
+            Ok(())
+        })
+    }
+}
+
+impl Stack {
     /// Where this stack keeps its data and logs.
     pub fn dir(&self) -> &Path {
         &self.dir
@@ -410,32 +448,48 @@ impl Drop for Stack {
 }
 
 impl Bins {
+    /// The binaries `scripts/install-deps` puts in `.tools/`, or those the environment names.
     fn find() -> Result<Bins> {
-        let pg = match std::env::var_os("PG_BIN") {
-            Some(dir) => PathBuf::from(dir),
-            None => {
-                let mut versions: Vec<(u32, PathBuf)> = fs::read_dir("/usr/lib/postgresql")
-                    .context("PostgreSQL is not installed (no /usr/lib/postgresql); run scripts/install-deps")?
-                    .filter_map(|e| e.ok())
-                    .filter_map(|e| Some((e.file_name().to_str()?.parse().ok()?, e.path().join("bin"))))
-                    .filter(|(_, bin)| bin.join("postgres").exists())
-                    .collect();
-                versions.sort();
-                versions.pop().context("no PostgreSQL server binaries; run scripts/install-deps")?.1
-            }
+        let tool = |var: &str, default: PathBuf| std::env::var_os(var).map(PathBuf::from).unwrap_or(default);
+        let tools = repo_root().join(".tools");
+        let bins = Bins {
+            pg: tool("PG_BIN", tools.join("pg17/bin")),
+            postgrest: tool("POSTGREST_BIN", tools.join("postgrest")),
+            nginx: tool("NGINX_BIN", PathBuf::from("/usr/sbin/nginx")),
+            supabase: tool("SUPABASE_BIN", tools.join("supabase")),
         };
-        let postgrest = std::env::var_os("POSTGREST_BIN")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| repo_root().join(".tools/postgrest"));
-        if !postgrest.exists() {
-            bail!("PostgREST not found at {}; run scripts/install-deps", postgrest.display());
+        for (what, path) in [
+            ("PostgreSQL 17", bins.pg.join("postgres")),
+            ("PostgREST", bins.postgrest.clone()),
+            ("nginx", bins.nginx.clone()),
+            ("the Supabase CLI", bins.supabase.clone()),
+        ] {
+            if !path.exists() {
+                bail!("{what} not found at {}; run scripts/install-deps", path.display());
+            }
         }
-        let nginx = std::env::var_os("NGINX_BIN").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/usr/sbin/nginx"));
-        if !nginx.exists() {
-            bail!("nginx not found at {}; run scripts/install-deps", nginx.display());
-        }
-        Ok(Bins { pg, postgrest, nginx })
+        Ok(bins)
     }
+}
+
+/// A copy of the repository's Supabase project (config.toml, seed.sql, migrations) in a new
+/// directory, holding only the migrations up to and including `up_to` when it is given: a project
+/// as it was before a later migration, to push that one while a stack runs.
+pub fn project_copy(up_to: Option<&str>) -> Result<PathBuf> {
+    let from = repo_root().join("supabase");
+    let dir = std::env::temp_dir().join(format!("devstack-project-{}-{}", std::process::id(), free_port()));
+    fs::create_dir_all(dir.join("supabase/migrations"))?;
+    for file in ["config.toml", "seed.sql"] {
+        fs::copy(from.join(file), dir.join("supabase").join(file))?;
+    }
+    for entry in fs::read_dir(from.join("migrations"))? {
+        let path = entry?.path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        if up_to.is_none_or(|last| name.as_str() <= last || name.starts_with(last)) {
+            fs::copy(&path, dir.join("supabase/migrations").join(&name))?;
+        }
+    }
+    Ok(dir)
 }
 
 async fn connect(url: &str) -> Result<tokio_postgres::Client> {
@@ -462,34 +516,8 @@ fn run_async<T: Send + 'static>(f: impl std::future::Future<Output = Result<T>> 
     .expect("the SQL thread does not panic")
 }
 
-/// What a Supabase project has before any migration: its roles, the `auth` helpers that read
-/// PostgREST's request settings, and the migrations history table.
-const BOOTSTRAP: &str = r#"
-create role anon nologin noinherit;
-create role authenticated nologin noinherit;
-create role service_role nologin noinherit bypassrls;
-create role authenticator login noinherit password 'authenticator';
-grant anon, authenticated, service_role to authenticator;
-grant usage on schema public to anon, authenticated, service_role;
-create schema extensions;
-grant usage on schema extensions to anon, authenticated, service_role;
-
-create schema auth;
-grant usage on schema auth to anon, authenticated, service_role;
-create function auth.jwt() returns jsonb language sql stable as
-  $$ select coalesce(nullif(current_setting('request.jwt.claims', true), ''), '{}')::jsonb $$;
-create function auth.uid() returns uuid language sql stable as
-  $$ select nullif(auth.jwt() ->> 'sub', '')::uuid $$;
-create function auth.role() returns text language sql stable as
-  $$ select nullif(auth.jwt() ->> 'role', '') $$;
-
-create schema supabase_migrations;
-create table supabase_migrations.schema_migrations (version text primary key, statements text[], name text);
-"#;
+/// What a hosted project has before any migration (see the file for what and why).
+const BOOTSTRAP: &str = include_str!("../sql/bootstrap.sql");
 
 /// The default privileges older hosted projects have.
-const DEFAULT_GRANTS: &str = r#"
-alter default privileges in schema public grant all on tables to anon, authenticated, service_role;
-alter default privileges in schema public grant all on sequences to anon, authenticated, service_role;
-alter default privileges in schema public grant all on functions to anon, authenticated, service_role;
-"#;
+const DEFAULT_GRANTS: &str = include_str!("../sql/default-grants.sql");

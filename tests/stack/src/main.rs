@@ -1,41 +1,54 @@
 //! `devstack`: brings up the local Supabase-like stack and runs a command against it.
 //!
-//! Usage: devstack [--secret-key] [--no-default-grants] [--gateway-port N] [--db-port N] [-- COMMAND ARGS...]
 //! The command gets SUPABASE_URL, SUPABASE_SERVICE_ROLE_KEY and DATABASE_URL; without one,
 //! devstack prints them and waits for Ctrl-C. The stack stops when devstack does.
 
 use std::process::{Command, ExitCode};
 
+use clap::Parser;
 use devstack::{Grants, KeyKind, Stack};
 
+#[derive(Parser)]
+#[command(about = "Brings up a local Supabase-like stack and runs a command against it")]
+struct Args {
+    /// Give the command the `sb_secret_…` key instead of the legacy service_role JWT.
+    #[arg(long)]
+    secret_key: bool,
+    /// No default privileges on `public`, as on projects created since mid-2026.
+    #[arg(long)]
+    no_default_grants: bool,
+    /// Push supabase/seed.sql after the migrations, as `supabase db reset` does locally.
+    #[arg(long)]
+    seed: bool,
+    /// The gateway's port (SUPABASE_URL); a free one if not given.
+    #[arg(long)]
+    gateway_port: Option<u16>,
+    /// PostgreSQL's port (DATABASE_URL); a free one if not given.
+    #[arg(long)]
+    db_port: Option<u16>,
+    /// The command to run once the stack is up, and its arguments.
+    #[arg(last = true)]
+    command: Vec<String>,
+}
+
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let split = args.iter().position(|a| a == "--").unwrap_or(args.len());
-    let (flags, command) = args.split_at(split);
-    let command = command.get(1..).unwrap_or_default();
-    let key = if flags.iter().any(|f| f == "--secret-key") { KeyKind::Secret } else { KeyKind::LegacyJwt };
-    let grants = if flags.iter().any(|f| f == "--no-default-grants") { Grants::None } else { Grants::Default };
-    let mut gateway_port = None;
-    let mut db_port = None;
-    let mut rest = flags.iter();
-    while let Some(flag) = rest.next() {
-        match flag.as_str() {
-            "--secret-key" | "--no-default-grants" => {}
-            "--gateway-port" => gateway_port = rest.next().and_then(|p| p.parse::<u16>().ok()),
-            "--db-port" => db_port = rest.next().and_then(|p| p.parse::<u16>().ok()),
-            unknown => {
-                eprintln!("devstack: unknown flag {unknown}\nusage: devstack [--secret-key] [--no-default-grants] [--gateway-port N] [--db-port N] [-- COMMAND ARGS...]");
-                return ExitCode::from(2);
-            }
-        }
-    }
+    let args = Args::parse();
+    let key = if args.secret_key { KeyKind::Secret } else { KeyKind::LegacyJwt };
+    let grants = if args.no_default_grants { Grants::None } else { Grants::Default };
 
     eprintln!("devstack: starting PostgreSQL, PostgREST and the gateway...");
-    let stack = match Stack::start_on(
+    let started = Stack::start_on(
         grants,
-        gateway_port.unwrap_or_else(devstack::free_port),
-        db_port.unwrap_or_else(devstack::free_port),
-    ) {
+        args.gateway_port.unwrap_or_else(devstack::free_port),
+        args.db_port.unwrap_or_else(devstack::free_port),
+    )
+    .and_then(|stack| {
+        if args.seed {
+            stack.push_migrations(&devstack::repo_root(), true)?;
+        }
+        Ok(stack)
+    });
+    let stack = match started {
         Ok(stack) => stack,
         Err(e) => {
             eprintln!("devstack: {e:#}");
@@ -45,11 +58,11 @@ fn main() -> ExitCode {
     let env = [
         ("SUPABASE_URL", stack.url()),
         ("SUPABASE_SERVICE_ROLE_KEY", key.service_key()),
-        ("DATABASE_URL", format!("postgres://postgres@127.0.0.1:{}/postgres", stack.pg_port)),
+        ("DATABASE_URL", stack.database_url()),
     ];
     eprintln!("devstack: ready at {} (database on port {}, {:?} key, {:?} grants)", stack.url(), stack.pg_port, key, grants);
 
-    if command.is_empty() {
+    let Some((program, rest)) = args.command.split_first() else {
         for (k, v) in &env {
             println!("export {k}='{v}'");
         }
@@ -58,14 +71,14 @@ fn main() -> ExitCode {
         let _ = ctrlc_channel(tx);
         let _ = rx.recv();
         return ExitCode::SUCCESS;
-    }
-    let status = Command::new(&command[0]).args(&command[1..]).envs(env).status();
+    };
+    let status = Command::new(program).args(rest).envs(env).status();
     drop(stack);
     match status {
         Ok(s) if s.success() => ExitCode::SUCCESS,
         Ok(s) => ExitCode::from(s.code().unwrap_or(1) as u8),
         Err(e) => {
-            eprintln!("devstack: cannot run {}: {e}", command[0]);
+            eprintln!("devstack: cannot run {program}: {e}");
             ExitCode::FAILURE
         }
     }
