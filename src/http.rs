@@ -147,9 +147,10 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     let depth = state.ingestor.spool_depth();
     match state.supabase.probe(Duration::from_secs(2)).await {
         Ok(()) => format!("ready\nspool_depth {depth}\n").into_response(),
-        Err((table, e)) => {
-            tracing::warn!(table, error = %e, "not ready");
-            (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: table {table}: {e}\nspool_depth {depth}\n")).into_response()
+        Err((what, e)) => {
+            tracing::warn!(%what, error = %e, "not ready");
+            let hint = e.hint();
+            (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {what}: {e}\n{hint}\nspool_depth {depth}\n")).into_response()
         }
     }
 }

@@ -130,16 +130,18 @@ async fn serve(config: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+const PUSH_HINT: &str = "push the migrations: `supabase link --project-ref <ref>` then `supabase db push --remote`";
+
 async fn check(config: &Config) -> anyhow::Result<()> {
     println!("configuration: ok ({} key, webhook URL {})", config.service_key.kind(), config.public_url.join(WEBHOOK_PATH));
     let supabase = Supabase::new(&config.supabase_url, &config.service_key);
     let mut problems = 0;
     match supabase.probe(Duration::from_secs(10)).await {
-        Ok(()) => println!("supabase: ok (users, jobs and dlq_jobs are readable with the key)"),
-        Err((table, e)) => {
+        Ok(()) => println!("supabase: ok (users, jobs and dlq_jobs are readable; ingest_batch and ingest_jobs answer)"),
+        Err((what, e)) => {
             problems += 1;
-            println!("supabase: PROBLEM with table {table}: {e}");
-            println!("  (401: the key is wrong; 404/PGRST205: run `supabase db push`; 403/42501: the migrations' grants are missing)");
+            println!("supabase: PROBLEM with {what}: {e}");
+            println!("  {}", e.hint());
         }
     }
     match supabase.schema_report(Duration::from_secs(10)).await {
@@ -155,15 +157,16 @@ async fn check(config: &Config) -> anyhow::Result<()> {
         }
         Ok(tables) => {
             problems += 1;
-            println!("security: PROBLEM: expected 3 tables, found {}; run `supabase db push`", tables.len());
+            println!("security: PROBLEM: expected 3 tables, found {}; {}", tables.len(), PUSH_HINT);
         }
         Err(e) => {
             problems += 1;
-            println!("security: PROBLEM: cannot read the schema report ({e}); run `supabase db push`");
+            println!("security: PROBLEM: cannot read the schema report ({e}); {}", e.hint());
         }
     }
     // The very calls batches make, with nothing in them: proves the functions are there and the
-    // key may run them, through the gateway, the way the service will.
+    // key may run them, through the gateway, the way the service will. Both are reported, where
+    // the probe above stops at the first failure.
     let timeout = Duration::from_secs(10);
     let ingest = [
         ("ingest_batch", supabase.ingest_batch(&[], timeout).await),
@@ -174,7 +177,8 @@ async fn check(config: &Config) -> anyhow::Result<()> {
         println!("ingest: ok (ingest_batch and ingest_jobs answer)");
     } else {
         problems += 1;
-        println!("ingest: PROBLEM: cannot call {}; run `supabase db push`", failed.join(", "));
+        let hint = ingest.iter().find_map(|(_, r)| r.as_ref().err()).map_or("", |e| e.hint());
+        println!("ingest: PROBLEM: cannot call {}; {hint}", failed.join(", "));
     }
     match twilio_ingest::spool::Spool::open(&config.spool_dir) {
         Ok(spool) => println!("spool: ok ({} waiting in {})", spool.depth(), config.spool_dir.display()),

@@ -28,7 +28,8 @@ where
         }
         match attempt(left).await {
             Ok(value) => return Ok(value),
-            Err(e) if !e.is_transient() => return Err(e),
+            // Waiting out the request will not bring a missing function: spool it at once.
+            Err(e) if !e.is_transient() || e.is_schema_missing() => return Err(e),
             Err(e) => {
                 let pause = backoff.mul_f64(rand::thread_rng().gen_range(0.5..1.0));
                 if Instant::now() + pause + MIN_ATTEMPT > until {

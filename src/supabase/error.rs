@@ -48,9 +48,13 @@ impl Error {
     /// Transient: the request may succeed unchanged later — the network, a timeout, a gateway or
     /// PostgREST without a database (`PGRST000`–`PGRST003`), and SQLSTATE classes that mean the
     /// database was busy or restarting (08 connection, 40 rollback/deadlock, 53 resources, 57
-    /// operator intervention, 58 system). Everything else (constraints, permissions, a missing
-    /// function or table) will fail the same way again, so the message is dead-lettered.
+    /// operator intervention, 58 system), and a schema that is not there yet
+    /// ([`Error::is_schema_missing`]). Everything else (constraints, permissions) will fail the
+    /// same way again, so the message is dead-lettered.
     pub fn is_transient(&self) -> bool {
+        if self.is_schema_missing() {
+            return true;
+        }
         match self {
             Error::Transport(_) | Error::Timeout(_) => true,
             Error::Decode(_) => false,
@@ -61,6 +65,35 @@ impl Error {
                 }
                 _ => matches!(status, 408 | 429 | 500 | 502 | 503 | 504),
             },
+        }
+    }
+
+    /// The function or table a call needs is not in the database (or not yet in PostgREST's
+    /// schema cache): a release that runs ahead of its migration. That is not the message's fault
+    /// and waiting within one request will not fix it, so the message goes straight to the spool,
+    /// and pushing the migration is the whole fix: replay then stores it.
+    pub fn is_schema_missing(&self) -> bool {
+        matches!(
+            self,
+            Error::Api { code: Some(code), .. }
+                if matches!(code.as_str(), "PGRST202" | "PGRST205" | "42883" | "42P01")
+        )
+    }
+
+    /// What an operator should do about this error, in one sentence.
+    pub fn hint(&self) -> &'static str {
+        match self {
+            _ if self.is_schema_missing() => {
+                "the migrations are not pushed: `supabase link --project-ref <ref>` then `supabase db push --remote`"
+            }
+            Error::Api { status: 401, .. } => "SUPABASE_SERVICE_ROLE_KEY is not a valid service-role key for SUPABASE_URL",
+            Error::Api { code: Some(code), .. } if code == "42501" => {
+                "service_role lacks a grant the migrations give; push them again or restore the grant"
+            }
+            Error::Api { status: 403, .. } => "the key is not allowed to do this: use the service-role key, not anon",
+            Error::Transport(_) | Error::Timeout(_) => "Supabase did not answer: check SUPABASE_URL and the project's status",
+            e if e.is_transient() => "Supabase is unavailable or restarting; it should pass on its own",
+            _ => "Supabase answered something unexpected; see the error",
         }
     }
 
@@ -104,9 +137,30 @@ mod tests {
         assert!(!api(403, r#"{"code":"42501","message":"permission denied for table jobs"}"#).is_transient());
         assert!(!api(409, r#"{"code":"23503","message":"violates foreign key"}"#).is_transient());
         assert!(!api(400, r#"{"code":"23514","message":"violates check constraint"}"#).is_transient());
-        assert!(!api(404, r#"{"code":"PGRST202","message":"Could not find the function"}"#).is_transient());
         assert!(!api(401, r#"{"message":"Invalid API key"}"#).is_transient());
         assert!(!api(500, r#"{"code":"22P02","message":"invalid input syntax"}"#).is_transient());
+    }
+
+    #[test]
+    fn a_schema_not_pushed_yet_is_the_releases_fault_not_the_messages() {
+        for missing in [
+            api(404, r#"{"code":"PGRST202","message":"Could not find the function public.ingest_jobs"}"#),
+            api(404, r#"{"code":"PGRST205","message":"Could not find the table public.dlq_jobs"}"#),
+            api(404, r#"{"code":"42883","message":"function public.ingest_jobs(jsonb) does not exist"}"#),
+            api(404, r#"{"code":"42P01","message":"relation \"public.jobs\" does not exist"}"#),
+        ] {
+            assert!(missing.is_schema_missing(), "{missing}");
+            assert!(missing.is_transient(), "{missing}");
+            assert!(missing.hint().contains("supabase db push --remote"), "{missing}");
+        }
+        assert!(!api(403, r#"{"code":"42501","message":"permission denied"}"#).is_schema_missing());
+    }
+
+    #[test]
+    fn each_hint_names_its_real_cause() {
+        assert!(api(401, r#"{"message":"Invalid API key"}"#).hint().contains("SUPABASE_SERVICE_ROLE_KEY"));
+        assert!(api(403, r#"{"code":"42501","message":"permission denied for table jobs"}"#).hint().contains("grant"));
+        assert!(Error::Timeout(std::time::Duration::from_secs(1)).hint().contains("SUPABASE_URL"));
     }
 
     #[test]

@@ -225,13 +225,17 @@ impl Supabase {
         Ok(())
     }
 
-    /// Reads at most one key from each table, which is enough to prove the key may read it.
-    pub async fn probe(&self, timeout: Duration) -> Result<(), (&'static str, Error)> {
+    /// Proves the key may do what the service does: read one key from each table, and call each
+    /// ingest function with an empty batch (which writes nothing). Says which table or function
+    /// failed, so a release that runs ahead of its migration names the function it lacks.
+    pub async fn probe(&self, timeout: Duration) -> Result<(), (String, Error)> {
         for (table, key) in TABLES.into_iter().zip(["phone_number", "id", "id"]) {
             // Not limit(0): postgrest-rs computes a range end of limit - 1.
             let request = self.table(table).select(key).limit(1);
-            self.send(request, None, timeout).await.map_err(|e| (table, e))?;
+            self.send(request, None, timeout).await.map_err(|e| (format!("table {table}"), e))?;
         }
+        self.ingest_batch(&[], timeout).await.map_err(|e| ("function ingest_batch".to_owned(), e))?;
+        self.ingest_jobs(&[], timeout).await.map_err(|e| ("function ingest_jobs".to_owned(), e))?;
         Ok(())
     }
 

@@ -215,13 +215,13 @@ pub fn group_message(conversation: &str, author: &str, body: &str) -> Params {
     ])
 }
 
-/// Rows of a query's first column, as text.
-pub fn q(stack: &Stack, sql: &str) -> Vec<Option<String>> {
+/// The first column of each row a query returns, as text.
+pub fn read_column(stack: &Stack, sql: &str) -> Vec<Option<String>> {
     stack.query(sql).expect("the query runs")
 }
 
 pub fn count(stack: &Stack, sql: &str) -> i64 {
-    q(stack, sql)[0].as_deref().unwrap().parse().unwrap()
+    read_column(stack, sql)[0].as_deref().unwrap().parse().unwrap()
 }
 
 pub fn sql_list(sids: &[String]) -> String {
@@ -231,7 +231,7 @@ pub fn sql_list(sids: &[String]) -> String {
 /// Asserts that every MessageSid is in `jobs` or `dlq_jobs`, and in exactly one row of one of them.
 pub fn assert_each_stored_once(stack: &Stack, sids: &[String]) {
     let list = sql_list(sids);
-    let rows = q(
+    let rows = read_column(
         stack,
         &format!(
             "select s.sid || ':' || (select count(*) from jobs j where j.message_sid = s.sid)

@@ -4,4 +4,5 @@ mod helpers;
 
 mod faults;
 mod operations;
+mod toolchain;
 mod webhooks;

@@ -188,8 +188,8 @@ async fn send_signs_a_sample_message_that_the_service_ingests() {
     cmd.args(["send", "--from", &format!("whatsapp:{phone}"), "--profile-name", "Grace", "--message-sid", &sid]);
     let out = tokio::task::spawn_blocking(move || cmd.output().unwrap()).await.unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(q(stack, &format!("select user_id from jobs where message_sid = '{sid}'")), vec![Some(phone.clone())]);
-    assert_eq!(q(stack, &format!("select first_name from users where phone_number = '{phone}'")), vec![Some("Grace".into())]);
+    assert_eq!(read_column(stack, &format!("select user_id from jobs where message_sid = '{sid}'")), vec![Some(phone.clone())]);
+    assert_eq!(read_column(stack, &format!("select first_name from users where phone_number = '{phone}'")), vec![Some("Grace".into())]);
     app.stop().await;
 }
 
@@ -283,13 +283,4 @@ async fn a_client_that_never_finishes_its_headers_is_disconnected() {
     assert!(read.is_ok(), "the connection is still open after 15 s");
     assert!(started.elapsed() < Duration::from_secs(8), "cut off after {:?}", started.elapsed());
     app.stop().await;
-}
-
-/// `supabase db reset` applies seed.sql after the migrations: it must fit the schema.
-#[test]
-fn the_seed_applies_on_top_of_the_migrations() {
-    let stack = Stack::start(Grants::None).unwrap();
-    stack.execute(&std::fs::read_to_string(devstack::repo_root().join("supabase/seed.sql")).unwrap()).unwrap();
-    assert_eq!(count(&stack, "select count(*) from jobs"), 2);
-    assert_eq!(count(&stack, "select count(*) from dlq_jobs"), 1);
 }

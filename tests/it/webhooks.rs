@@ -23,7 +23,7 @@ async fn a_dm_via_sms_creates_the_user_and_a_dm_job(stack: &Stack, app: &TestApp
     let sid = params.get("MessageSid").unwrap().to_owned();
     assert_twiml(app.post_signed(&params).await).await;
 
-    let job = q(stack, &format!(
+    let job = read_column(stack, &format!(
         "select concat_ws('|', user_id, user_phone, source_type, source_channel_id, content_type, status, payload->>'Body', payload->>'SmsSid')
          from jobs where message_sid = '{sid}'"
     ));
@@ -42,9 +42,9 @@ async fn a_whatsapp_dm_strips_the_prefix_and_names_the_user(stack: &Stack, app: 
     let sid = params.get("MessageSid").unwrap().to_owned();
     assert_twiml(app.post_signed(&params).await).await;
 
-    assert_eq!(q(stack, &format!("select first_name from users where phone_number = '{phone}'")), vec![Some("Ada".into())]);
+    assert_eq!(read_column(stack, &format!("select first_name from users where phone_number = '{phone}'")), vec![Some("Ada".into())]);
     assert_eq!(
-        q(stack, &format!("select user_phone || '|' || source_channel_id from jobs where message_sid = '{sid}'")),
+        read_column(stack, &format!("select user_phone || '|' || source_channel_id from jobs where message_sid = '{sid}'")),
         vec![Some(format!("{phone}|{wa}"))]
     );
 
@@ -52,7 +52,7 @@ async fn a_whatsapp_dm_strips_the_prefix_and_names_the_user(stack: &Stack, app: 
     let mut again = sms(&wa, "again").pairs().to_vec();
     again.push(("ProfileName".into(), "Someone Else".into()));
     assert_twiml(app.post_signed(&Params::from_pairs(again)).await).await;
-    assert_eq!(q(stack, &format!("select first_name from users where phone_number = '{phone}'")), vec![Some("Ada".into())]);
+    assert_eq!(read_column(stack, &format!("select first_name from users where phone_number = '{phone}'")), vec![Some("Ada".into())]);
     assert_eq!(count(stack, &format!("select count(*) from jobs where user_id = '{phone}'")), 2);
 }
 
@@ -64,7 +64,7 @@ async fn a_conversations_message_is_a_group_job_in_its_conversation(stack: &Stac
     let sid = params.get("MessageSid").unwrap().to_owned();
     assert_twiml(app.post_signed(&params).await).await;
     assert_eq!(
-        q(stack, &format!("select concat_ws('|', source_type, source_channel_id, user_id, content_type) from jobs where message_sid = '{sid}'")),
+        read_column(stack, &format!("select concat_ws('|', source_type, source_channel_id, user_id, content_type) from jobs where message_sid = '{sid}'")),
         vec![Some(format!("group|{conversation}|{phone}|text"))]
     );
 }
@@ -108,7 +108,7 @@ async fn a_user_stored_without_a_name_is_named_by_a_later_message(stack: &Stack,
     let mut named = sms(&wa, "second").pairs().to_vec();
     named.push(("ProfileName".into(), "Grace".into()));
     assert_eq!(app.ingestor.ingest(&Params::from_pairs(named), Instant::now()).await.unwrap().0, Outcome::Ingested);
-    assert_eq!(q(stack, &format!("select first_name from users where phone_number = '{phone}'")), vec![Some("Grace".into())]);
+    assert_eq!(read_column(stack, &format!("select first_name from users where phone_number = '{phone}'")), vec![Some("Grace".into())]);
 }
 
 on_every_stack!(a_user_deleted_behind_the_services_back_is_stored_again);
@@ -242,7 +242,7 @@ async fn an_mms_with_two_media_keeps_both_in_the_payload(stack: &Stack, app: &Te
     let sid = params.get("MessageSid").unwrap().to_owned();
     assert_twiml(app.post_signed(&params).await).await;
     assert_eq!(
-        q(stack, &format!(
+        read_column(stack, &format!(
             "select concat_ws('|', content_type, payload->>'NumMedia', payload->>'MediaContentType0', payload->>'MediaContentType1', payload->>'MediaUrl1')
              from jobs where message_sid = '{sid}'"
         )),
@@ -258,7 +258,7 @@ async fn a_signed_message_without_a_sender_is_dead_lettered(stack: &Stack, app: 
     assert_twiml(app.post_signed(&params).await).await;
     assert_eq!(count(stack, &format!("select count(*) from jobs where message_sid = '{sid}'")), 0);
     assert_eq!(
-        q(stack, &format!("select concat_ws('|', error_kind, error, payload->>'Body') from dlq_jobs where message_sid = '{sid}'")),
+        read_column(stack, &format!("select concat_ws('|', error_kind, error, payload->>'Body') from dlq_jobs where message_sid = '{sid}'")),
         vec![Some("unusable|no sender: From is missing|who am I".into())]
     );
 }
@@ -271,7 +271,7 @@ async fn an_unusable_message_sent_twice_is_dead_lettered_once(stack: &Stack, app
     assert_twiml(app.post_signed(&params).await).await;
     assert_twiml(app.post_signed(&params).await).await;
     assert_eq!(
-        q(stack, &format!("select error_kind || '|' || error from dlq_jobs where payload->>'Body' = '{marker}'")),
+        read_column(stack, &format!("select error_kind || '|' || error from dlq_jobs where payload->>'Body' = '{marker}'")),
         vec![Some("unusable|no MessageSid: the webhook has no message id".into())]
     );
 }
@@ -285,7 +285,7 @@ async fn a_repeated_key_is_kept_as_an_array_in_the_payload(stack: &Stack, app: &
     let sid = params.get("MessageSid").unwrap().to_owned();
     assert_twiml(app.post_signed(&params).await).await;
     assert_eq!(
-        q(stack, &format!("select payload->>'MessagingBinding.Address' from jobs where message_sid = '{sid}'")),
+        read_column(stack, &format!("select payload->>'MessagingBinding.Address' from jobs where message_sid = '{sid}'")),
         vec![Some(r#"["+15005550006", "+15005550007"]"#.into())]
     );
 }
@@ -374,7 +374,7 @@ async fn an_insert_refused_by_postgrest_is_dead_lettered_and_answered_200() {
         let sid = params.get("MessageSid").unwrap().to_owned();
         assert_twiml(app.post_signed(&params).await).await;
         assert_eq!(count(&stack, "select count(*) from jobs"), 0);
-        let letter = q(&stack, &format!("select error_kind || '|' || error || '|' || (payload->>'Body') from dlq_jobs where message_sid = '{sid}'"));
+        let letter = read_column(&stack, &format!("select error_kind || '|' || error || '|' || (payload->>'Body') from dlq_jobs where message_sid = '{sid}'"));
         assert_eq!(letter.len(), 1, "{grants:?}");
         let letter = letter[0].clone().unwrap();
         assert!(letter.starts_with("rejected|PostgREST answered 403 (42501): permission denied for table jobs"), "{letter}");
@@ -400,7 +400,7 @@ async fn one_refused_message_does_not_punish_its_batch() {
     let sids: Vec<String> = messages.iter().map(|m| m.get("MessageSid").unwrap().to_owned()).collect();
     let poison = &sids[17];
     assert_eq!(count(&stack, &format!("select count(*) from jobs where message_sid in ({})", sql_list(&sids))), 39);
-    let letters = q(&stack, "select message_sid || '|' || error_kind || '|' || error from dlq_jobs");
+    let letters = read_column(&stack, "select message_sid || '|' || error_kind || '|' || error from dlq_jobs");
     assert_eq!(letters.len(), 1, "{letters:?}");
     let expected = format!("{poison}|rejected|PostgREST answered 400 (23514): new row for relation \"jobs\" violates check constraint \"jobs_no_poison\"");
     assert!(letters[0].as_deref().unwrap().starts_with(&expected), "{letters:?}");

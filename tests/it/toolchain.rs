@@ -1,0 +1,154 @@
+//! The project on the toolchain users have: PostgreSQL 17, a hosted project's roles, migrations
+//! pushed by the real Supabase CLI, and schema changes that go live the way they do on Supabase.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use devstack::{project_copy, repo_root, Grants, KeyKind, Stack};
+use twilio_ingest::ingest::Settings;
+
+use crate::helpers::*;
+
+fn migration_files() -> i64 {
+    std::fs::read_dir(repo_root().join("supabase/migrations"))
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "sql"))
+        .count() as i64
+}
+
+#[test]
+fn migrations_are_pushed_by_the_cli_as_a_postgres_that_is_not_a_superuser() {
+    for grants in [Grants::Default, Grants::None] {
+        let stack = shared_stack(grants);
+        assert_eq!(read_column(stack, "show server_version_num")[0].as_deref().unwrap()[..2], *"17");
+        assert_eq!(read_column(stack, "select rolsuper::text from pg_roles where rolname = current_user"), [Some("false".into())]);
+        assert_eq!(read_column(stack, "select tableowner::text from pg_tables where tablename = 'jobs'"), [Some("postgres".into())]);
+        // The CLI's own history, as on a hosted project: one row per migration file.
+        assert_eq!(count(stack, "select count(*) from supabase_migrations.schema_migrations"), migration_files());
+        // A second push finds nothing to do and changes nothing.
+        let again = stack.push_migrations(&repo_root(), false).unwrap();
+        assert!(again.contains("up to date"), "{again}");
+        assert_eq!(count(stack, "select count(*) from supabase_migrations.schema_migrations"), migration_files());
+    }
+}
+
+/// `supabase db reset` (and `db push --include-seed`) applies seed.sql after the migrations: it
+/// must fit the schema.
+#[test]
+fn the_seed_applies_on_top_of_the_migrations() {
+    let stack = Stack::start(Grants::None).unwrap();
+    stack.push_migrations(&repo_root(), true).unwrap();
+    assert_eq!(count(&stack, "select count(*) from jobs"), 2);
+    assert_eq!(count(&stack, "select count(*) from dlq_jobs"), 1);
+}
+
+/// Sends signed messages to `app` one after another until `stop` is set (at most `limit` of them),
+/// and returns the MessageSids answered 200.
+async fn keep_sending(app: &TestApp, stop: &AtomicBool, limit: usize) -> Vec<String> {
+    let mut acknowledged = Vec::new();
+    for i in 0..limit {
+        if stop.load(Ordering::SeqCst) {
+            break;
+        }
+        let params = sms(&unique_phone(), &format!("during the push {i}"));
+        let response = app.post_signed(&params).await;
+        assert_eq!(response.status(), 200, "a webhook during the push was refused");
+        acknowledged.push(params.get("MessageSid").unwrap().to_owned());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    acknowledged
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_migration_pushed_to_a_running_stack_is_live_without_a_restart() {
+    let stack = Stack::start(Grants::None).unwrap();
+    let app = spawn_app(&stack, KeyKind::Secret).await;
+    let project = project_copy(None).unwrap();
+    std::fs::write(
+        project.join("supabase/migrations/29991231000000_pushed_while_running.sql"),
+        "create function public.pushed_while_running() returns integer language sql as $$ select 42 $$;
+         revoke execute on function public.pushed_while_running() from public, anon, authenticated;
+         grant execute on function public.pushed_while_running() to service_role;",
+    )
+    .unwrap();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let sending = {
+        let stop = stop.clone();
+        async move { keep_sending(&app, &stop, 500).await }
+    };
+    let pushing = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let stack = &stack;
+        let project = project.clone();
+        let output = tokio::task::block_in_place(|| stack.push_migrations(&project, false)).unwrap();
+        assert!(output.contains("29991231000000"), "{output}");
+        // PostgREST was not restarted: its schema cache reloads on the event triggers' NOTIFY.
+        let client = reqwest::Client::new();
+        let key = KeyKind::Secret.service_key();
+        let until = Instant::now() + Duration::from_secs(10);
+        let answer = loop {
+            let response = client
+                .post(format!("{}/rest/v1/rpc/pushed_while_running", stack.url()))
+                .header("apikey", &key)
+                .json(&serde_json::json!({}))
+                .send()
+                .await
+                .unwrap();
+            if response.status() == 200 || Instant::now() > until {
+                break (response.status().as_u16(), response.text().await.unwrap());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        stop.store(true, Ordering::SeqCst);
+        answer
+    };
+    let (acknowledged, answer) = tokio::join!(sending, pushing);
+    assert_eq!(answer, (200, "42".to_owned()), "the pushed function is not live");
+    assert!(acknowledged.len() >= 10, "only {} webhooks were sent around the push", acknowledged.len());
+    assert_each_stored_once(&stack, &acknowledged);
+    assert_eq!(count(&stack, "select count(*) from dlq_jobs"), 0);
+    let _ = std::fs::remove_dir_all(project);
+}
+
+/// A release deployed before its migration was pushed: its functions are missing. That is not the
+/// messages' fault: they are spooled, not dead-lettered, readiness names the missing function, and
+/// pushing the migration is the whole fix.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_ahead_of_its_migration_spools_and_heals_once_it_is_pushed() {
+    for grants in [Grants::Default, Grants::None] {
+        // The project as it was before ingest_batch and ingest_jobs existed.
+        let before = project_copy(Some("20261123000100")).unwrap();
+        let stack = Stack::start_from(grants, &before).unwrap();
+        let settings = Settings { replay_interval: Duration::from_millis(100), ..Settings::default() };
+        let app = spawn_app_at(&stack.url(), KeyKind::LegacyJwt, &temp_dir("spool"), settings, &[]).await;
+
+        let mut sids = Vec::new();
+        for i in 0..5 {
+            let params = sms(&unique_phone(), &format!("ahead of the migration {i}"));
+            let started = Instant::now();
+            let response = app.post_signed(&params).await;
+            assert_eq!(response.status(), 200);
+            // Spooled at once, not after retrying until the deadline.
+            assert!(started.elapsed() < Duration::from_secs(1), "took {:?}", started.elapsed());
+            sids.push(params.get("MessageSid").unwrap().to_owned());
+        }
+        assert_eq!(app.ingestor.spool_depth(), 5, "{grants:?}");
+        assert_eq!(count(&stack, "select count(*) from jobs"), 0);
+        assert_eq!(count(&stack, "select count(*) from dlq_jobs"), 0, "{grants:?}: a missing function dead-lettered messages");
+        let not_ready = app.get("/readyz").await;
+        assert_eq!(not_ready.status(), 503);
+        let body = not_ready.text().await.unwrap();
+        assert!(body.contains("function ingest_batch") && body.contains("supabase db push --remote"), "{body}");
+
+        stack.push_migrations(&repo_root(), false).unwrap();
+        assert!(app.wait_for_empty_spool(Duration::from_secs(30)).await, "{grants:?}: the spool did not drain after the push");
+        assert_each_stored_once(&stack, &sids);
+        assert_eq!(count(&stack, &format!("select count(*) from jobs where message_sid in ({})", sql_list(&sids))), 5);
+        assert_eq!(app.get("/readyz").await.status(), 200);
+        app.stop().await;
+        let _ = std::fs::remove_dir_all(before);
+    }
+}
