@@ -19,7 +19,7 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 use tower_http::trace::TraceLayer;
 use tracing::field::Empty;
 
-use crate::ingest::Ingestor;
+use crate::ingest::{Arrival, Ingestor};
 use crate::supabase::Supabase;
 use crate::twilio::{signature, PublicUrl};
 
@@ -91,7 +91,8 @@ async fn twilio_webhook(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let received = Instant::now();
+    let arrival = Arrival::now();
+    let received = arrival.instant;
     let span = tracing::Span::current();
     let path_and_query = uri.path_and_query().map_or(WEBHOOK_PATH, |p| p.as_str());
     let signature = headers.get("x-twilio-signature").and_then(|v| v.to_str().ok());
@@ -118,7 +119,7 @@ async fn twilio_webhook(
         span.record("message_sid", sid);
     }
 
-    match state.ingestor.ingest(&params, received).await {
+    match state.ingestor.ingest(&params, arrival).await {
         Ok((outcome, message)) => {
             if let Some(message) = message {
                 span.record("kind", message.kind.as_str());

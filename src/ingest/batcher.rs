@@ -11,12 +11,13 @@ use futures_util::future::join_all;
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
-use super::{retry, Delivery, IngestError, Inner, Outcome};
+use super::{retry, Delivery, IngestError, Inner, Outcome, ReceivedAt};
 use crate::supabase::EncodedJob;
 
 pub(super) struct Pending {
     pub job: EncodedJob,
     pub payload: Value,
+    pub received_at: ReceivedAt,
     /// When the request must stop waiting for Supabase and spool instead.
     pub until: Instant,
     pub reply: oneshot::Sender<Result<Outcome, IngestError>>,
@@ -57,7 +58,7 @@ async fn flush(inner: &Inner, batch: Vec<Pending>) {
             Delivery::Written(outcome) => Ok(outcome),
             Delivery::Unwritten(why) => {
                 tracing::warn!(message_sid = %pending.job.message_sid, %why, "Supabase unavailable; spooling");
-                inner.spool_payload(&pending.payload).await.map(|()| Outcome::Spooled).map_err(IngestError::from)
+                inner.spool_payload(&pending.payload, pending.received_at).await.map(|()| Outcome::Spooled).map_err(IngestError::from)
             }
         }
     }))
@@ -123,8 +124,10 @@ impl Inner {
                 }
                 Err(e) => {
                     let (job, payload) = jobs[range.start];
+                    let received_at = ReceivedAt::from_micros(job.received_at_us);
                     deliveries[range.start] = Some(
-                        self.dead_letter_with(payload, Some(&job.message_sid), e.to_string(), "rejected", until).await,
+                        self.dead_letter_with(payload, Some(&job.message_sid), received_at, e.to_string(), "rejected", until)
+                            .await,
                     );
                 }
             }

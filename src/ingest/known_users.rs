@@ -95,6 +95,7 @@ mod tests {
             source_channel_id: phone,
             content_type: "text",
             payload: &payload,
+            received_at_us: 0,
         }
         .encode()
     }

@@ -6,6 +6,7 @@
 //! worth retrying are retried until the request's deadline (`retry`), then the message is spooled
 //! and replayed later (`replay`).
 
+mod arrival;
 mod batcher;
 mod known_users;
 mod replay;
@@ -21,6 +22,7 @@ use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
+pub use self::arrival::{Arrival, ReceivedAt};
 use self::known_users::KnownUsers;
 use crate::spool::Spool;
 use crate::supabase::{EncodedJob, NewDeadLetter, NewJob, Supabase};
@@ -60,16 +62,21 @@ pub enum IngestError {
     NotDurable(#[from] std::io::Error),
 }
 
-/// What a spool record holds: the params as received, from which everything else is derived again.
+/// What a spool record holds: the params as received, from which everything else is derived again,
+/// and when they arrived.
 #[derive(Serialize, Deserialize)]
 struct SpoolRecord {
     payload: Value,
+    /// Absent in records written before arrival times were kept; those take their replay's time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    received_at_us: Option<i64>,
 }
 
 /// A signed message that cannot become a job, on its way to `dlq_jobs`.
 pub(crate) struct UnusableLetter {
     payload: Value,
     message_sid: Option<String>,
+    received_at: ReceivedAt,
     pub why: Unusable,
 }
 
@@ -140,34 +147,35 @@ impl Ingestor {
         (Ingestor { inner, queue }, Workers { batcher, replayer, stop_replay })
     }
 
-    /// Makes a genuine webhook durable and says where it went. `received` starts its deadline.
+    /// Makes a genuine webhook durable and says where it went. `arrival.instant` starts its
+    /// deadline; `arrival.at` is its place in its channel's order.
     ///
     /// Returns an error only if the message could not be written to Supabase nor to the spool.
-    pub async fn ingest(&self, params: &Params, received: Instant) -> Result<(Outcome, Option<InboundMessage>), IngestError> {
+    pub async fn ingest(&self, params: &Params, arrival: Arrival) -> Result<(Outcome, Option<InboundMessage>), IngestError> {
         // A bug must not lose a message Twilio will not send again: if anything below panics, the
         // params go to the spool as they are, and replay will meet the bug again later, not drop it.
-        match AssertUnwindSafe(self.ingest_inner(params, received)).catch_unwind().await {
+        match AssertUnwindSafe(self.ingest_inner(params, arrival)).catch_unwind().await {
             Ok(result) => result,
             Err(_) => {
                 tracing::error!("ingest panicked; spooling the message");
-                self.spool(&params.to_payload()).await?;
+                self.spool(&params.to_payload(), arrival.at).await?;
                 Ok((Outcome::Spooled, None))
             }
         }
     }
 
-    async fn ingest_inner(&self, params: &Params, received: Instant) -> Result<(Outcome, Option<InboundMessage>), IngestError> {
-        let deadline = received + self.inner.settings.deadline;
+    async fn ingest_inner(&self, params: &Params, arrival: Arrival) -> Result<(Outcome, Option<InboundMessage>), IngestError> {
+        let deadline = arrival.instant + self.inner.settings.deadline;
         let until = deadline.checked_sub(SPOOL_RESERVE).unwrap_or(deadline);
-        match classify(params) {
+        match classify(params, arrival.at) {
             Classified::Ignored => Ok((Outcome::Ignored, None)),
             Classified::Unusable(letter) => match self.inner.dead_letter(&letter, until).await {
                 Delivery::Written(outcome) => Ok((outcome, None)),
-                Delivery::Unwritten(_) => Ok((self.spool(&letter.payload).await?, None)),
+                Delivery::Unwritten(_) => Ok((self.spool(&letter.payload, arrival.at).await?, None)),
             },
             Classified::Job { job, payload, message } => {
                 let (reply, answer) = oneshot::channel();
-                let pending = batcher::Pending { job, payload, until, reply };
+                let pending = batcher::Pending { job, payload, received_at: arrival.at, until, reply };
                 let queued = tokio::time::timeout_at(until.into(), self.queue.send(pending)).await;
                 let answer = match queued {
                     Ok(Ok(())) => tokio::time::timeout_at(deadline.into(), answer).await.ok().and_then(Result::ok),
@@ -176,15 +184,15 @@ impl Ingestor {
                 let outcome = match answer {
                     Some(result) => result?,
                     // The batcher is late or gone. It may still commit the job; replay then finds a duplicate.
-                    None => self.spool(&params.to_payload()).await?,
+                    None => self.spool(&params.to_payload(), arrival.at).await?,
                 };
                 Ok((outcome, Some(message)))
             }
         }
     }
 
-    async fn spool(&self, payload: &Value) -> Result<Outcome, IngestError> {
-        self.inner.spool_payload(payload).await?;
+    async fn spool(&self, payload: &Value, received_at: ReceivedAt) -> Result<Outcome, IngestError> {
+        self.inner.spool_payload(payload, received_at).await?;
         Ok(Outcome::Spooled)
     }
 
@@ -209,8 +217,8 @@ pub(crate) enum Classified {
     Unusable(UnusableLetter),
 }
 
-/// What a genuine webhook is to become: nothing, a job, or a dead letter.
-pub(crate) fn classify(params: &Params) -> Classified {
+/// What a genuine webhook, received at `received_at`, is to become: nothing, a job, or a dead letter.
+pub(crate) fn classify(params: &Params, received_at: ReceivedAt) -> Classified {
     let payload = params.to_payload();
     match webhook::parse(params) {
         Ok(Webhook::Ignored { event }) => {
@@ -226,28 +234,38 @@ pub(crate) fn classify(params: &Params) -> Classified {
                 source_channel_id: &message.channel,
                 content_type: message.content_type.as_str(),
                 payload: &payload,
+                received_at_us: received_at.as_micros(),
             }
             .encode();
             Classified::Job { job, payload, message }
         }
         Err(why) => {
             let message_sid = webhook::message_sid(params).map(str::to_owned);
-            Classified::Unusable(UnusableLetter { payload, message_sid, why })
+            Classified::Unusable(UnusableLetter { payload, message_sid, received_at, why })
         }
     }
 }
 
 impl Inner {
-    async fn spool_payload(&self, payload: &Value) -> std::io::Result<()> {
-        let record = serde_json::to_vec(&SpoolRecord { payload: payload.clone() }).expect("JSON always serialises");
+    async fn spool_payload(&self, payload: &Value, received_at: ReceivedAt) -> std::io::Result<()> {
+        let record = SpoolRecord { payload: payload.clone(), received_at_us: Some(received_at.as_micros()) };
+        let record = serde_json::to_vec(&record).expect("JSON always serialises");
         self.spool.append(record).await?;
         metrics::gauge!("spool_depth").set(self.spool.depth() as f64);
         Ok(())
     }
 
     /// Dead-letters one letter with `error`, retrying what is worth retrying until `until`.
-    async fn dead_letter_with(&self, payload: &Value, message_sid: Option<&str>, error: String, kind: &'static str, until: Instant) -> Delivery {
-        let letter = NewDeadLetter::new(message_sid, payload, error, kind);
+    async fn dead_letter_with(
+        &self,
+        payload: &Value,
+        message_sid: Option<&str>,
+        received_at: ReceivedAt,
+        error: String,
+        kind: &'static str,
+        until: Instant,
+    ) -> Delivery {
+        let letter = NewDeadLetter::new(message_sid, payload, error, kind).received_at(received_at.to_rfc3339());
         let written = retry::until(until, |timeout| {
             let letters = std::slice::from_ref(&letter);
             async move { self.supabase.insert_dead_letters(letters, timeout).await }
@@ -267,7 +285,8 @@ impl Inner {
     }
 
     async fn dead_letter(&self, letter: &UnusableLetter, until: Instant) -> Delivery {
-        self.dead_letter_with(&letter.payload, letter.message_sid.as_deref(), letter.why.to_string(), "unusable", until)
+        let why = letter.why.to_string();
+        self.dead_letter_with(&letter.payload, letter.message_sid.as_deref(), letter.received_at, why, "unusable", until)
             .await
     }
 }

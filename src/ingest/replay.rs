@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
-use super::{classify, Classified, Delivery, Inner, SpoolRecord};
+use super::{classify, Classified, Delivery, Inner, ReceivedAt, SpoolRecord};
 use crate::spool::read_segment;
 use crate::twilio::Params;
 
@@ -97,7 +97,8 @@ async fn replay_chunk(inner: &Inner, records: &[Vec<u8>]) -> Result<(), String> 
             Some(object) => Params::from_object(object),
             None => return Err("spool record payload is not an object".into()),
         };
-        match classify(&params) {
+        let received_at = record.received_at_us.map_or_else(ReceivedAt::now, ReceivedAt::from_micros);
+        match classify(&params, received_at) {
             Classified::Ignored => {}
             Classified::Job { job, payload, .. } => jobs.push((job, payload)),
             Classified::Unusable(letter) => dead.push(letter),

@@ -68,7 +68,7 @@ impl Error {
         }
     }
 
-    /// The function or table a call needs is not in the database (or not yet in PostgREST's
+    /// The function, table or column a call needs is not in the database (or not yet in PostgREST's
     /// schema cache): a release that runs ahead of its migration. That is not the message's fault
     /// and waiting within one request will not fix it, so the message goes straight to the spool,
     /// and pushing the migration is the whole fix: replay then stores it.
@@ -76,7 +76,7 @@ impl Error {
         matches!(
             self,
             Error::Api { code: Some(code), .. }
-                if matches!(code.as_str(), "PGRST202" | "PGRST205" | "42883" | "42P01")
+                if matches!(code.as_str(), "PGRST202" | "PGRST204" | "PGRST205" | "42883" | "42P01" | "42703")
         )
     }
 
@@ -148,6 +148,7 @@ mod tests {
             api(404, r#"{"code":"PGRST205","message":"Could not find the table public.dlq_jobs"}"#),
             api(404, r#"{"code":"42883","message":"function public.ingest_jobs(jsonb) does not exist"}"#),
             api(404, r#"{"code":"42P01","message":"relation \"public.jobs\" does not exist"}"#),
+            api(400, r#"{"code":"PGRST204","message":"Could not find the 'received_at' column of 'dlq_jobs'"}"#),
         ] {
             assert!(missing.is_schema_missing(), "{missing}");
             assert!(missing.is_transient(), "{missing}");

@@ -34,6 +34,8 @@ struct Answer {
 pub struct EncodedJob {
     pub message_sid: String,
     pub user_phone: String,
+    /// When the webhook arrived, in microseconds since the Unix epoch.
+    pub received_at_us: i64,
     /// The job brings a first name for its user.
     pub names_user: bool,
     json: String,
@@ -48,6 +50,8 @@ pub struct NewJob<'a> {
     pub source_channel_id: &'a str,
     pub content_type: &'a str,
     pub payload: &'a Value,
+    /// Microseconds, not a timestamp string: exact, and cheap for the database to read.
+    pub received_at_us: i64,
 }
 
 impl NewJob<'_> {
@@ -55,6 +59,7 @@ impl NewJob<'_> {
         EncodedJob {
             message_sid: self.message_sid.to_owned(),
             user_phone: self.user_phone.to_owned(),
+            received_at_us: self.received_at_us,
             names_user: self.first_name.is_some(),
             json: serde_json::to_string(self).expect("a job is always serialisable"),
         }
@@ -69,6 +74,9 @@ pub struct NewDeadLetter {
     pub error: String,
     /// `unusable` (the webhook cannot become a job) or `rejected` (Supabase refused the job).
     error_kind: &'static str,
+    /// When the webhook arrived (RFC 3339), so a re-driven letter keeps its place in its channel.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    received_at: Option<String>,
 }
 
 impl NewDeadLetter {
@@ -78,7 +86,18 @@ impl NewDeadLetter {
             Some(sid) => sid.to_owned(),
             None => format!("sha256:{}", hex::encode(<sha2::Sha256 as sha2::Digest>::digest(payload.to_string()))),
         };
-        NewDeadLetter { message_sid: message_sid.map(str::to_owned), dedupe_key, payload: payload.clone(), error, error_kind }
+        NewDeadLetter {
+            message_sid: message_sid.map(str::to_owned),
+            dedupe_key,
+            payload: payload.clone(),
+            error,
+            error_kind,
+            received_at: None,
+        }
+    }
+
+    pub fn received_at(self, received_at: String) -> Self {
+        NewDeadLetter { received_at: Some(received_at), ..self }
     }
 }
 
@@ -90,6 +109,9 @@ pub struct DeadLetter {
     pub error: String,
     pub error_kind: String,
     pub created_at: String,
+    /// Absent on letters written before arrival times were kept.
+    #[serde(default)]
+    pub received_at: Option<String>,
     pub replayed_at: Option<String>,
     pub replay_error: Option<String>,
 }

@@ -1,9 +1,9 @@
 //! What a Twilio webhook becomes in Supabase: the end-to-end behaviour, on every kind of stack.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use devstack::{jwt, Grants, KeyKind, Stack, PUBLISHABLE_KEY};
-use twilio_ingest::ingest::Outcome;
+use twilio_ingest::ingest::{Arrival, Outcome, ReceivedAt};
 use twilio_ingest::supabase::{EncodedJob, NewJob, ServiceKey, Supabase};
 use twilio_ingest::twilio::Params;
 
@@ -94,8 +94,8 @@ async fn the_same_message_sid_sent_three_times_makes_one_job(stack: &Stack, app:
 on_every_stack!(a_twilio_retry_is_told_apart_as_a_duplicate);
 async fn a_twilio_retry_is_told_apart_as_a_duplicate(_stack: &Stack, app: &TestApp) {
     let params = sms(&unique_phone(), "once");
-    let first = app.ingestor.ingest(&params, Instant::now()).await.unwrap().0;
-    let retry = app.ingestor.ingest(&params, Instant::now()).await.unwrap().0;
+    let first = app.ingestor.ingest(&params, Arrival::now()).await.unwrap().0;
+    let retry = app.ingestor.ingest(&params, Arrival::now()).await.unwrap().0;
     assert_eq!((first, retry), (Outcome::Ingested, Outcome::Duplicate));
 }
 
@@ -104,24 +104,24 @@ async fn a_user_stored_without_a_name_is_named_by_a_later_message(stack: &Stack,
     let phone = unique_phone();
     let wa = format!("whatsapp:{phone}");
     // The first message stores the user with no name, and the service now knows the user.
-    assert_eq!(app.ingestor.ingest(&sms(&wa, "first"), Instant::now()).await.unwrap().0, Outcome::Ingested);
+    assert_eq!(app.ingestor.ingest(&sms(&wa, "first"), Arrival::now()).await.unwrap().0, Outcome::Ingested);
     let mut named = sms(&wa, "second").pairs().to_vec();
     named.push(("ProfileName".into(), "Grace".into()));
-    assert_eq!(app.ingestor.ingest(&Params::from_pairs(named), Instant::now()).await.unwrap().0, Outcome::Ingested);
+    assert_eq!(app.ingestor.ingest(&Params::from_pairs(named), Arrival::now()).await.unwrap().0, Outcome::Ingested);
     assert_eq!(read_column(stack, &format!("select first_name from users where phone_number = '{phone}'")), vec![Some("Grace".into())]);
 }
 
 on_every_stack!(a_user_deleted_behind_the_services_back_is_stored_again);
 async fn a_user_deleted_behind_the_services_back_is_stored_again(stack: &Stack, app: &TestApp) {
     let phone = unique_phone();
-    assert_eq!(app.ingestor.ingest(&sms(&phone, "first"), Instant::now()).await.unwrap().0, Outcome::Ingested);
+    assert_eq!(app.ingestor.ingest(&sms(&phone, "first"), Arrival::now()).await.unwrap().0, Outcome::Ingested);
     stack
         .execute(&format!("delete from jobs where user_id = '{phone}'; delete from users where phone_number = '{phone}';"))
         .unwrap();
 
     let params = sms(&phone, "after the delete");
     let sid = params.get("MessageSid").unwrap().to_owned();
-    assert_eq!(app.ingestor.ingest(&params, Instant::now()).await.unwrap().0, Outcome::Ingested);
+    assert_eq!(app.ingestor.ingest(&params, Arrival::now()).await.unwrap().0, Outcome::Ingested);
     assert_eq!(count(stack, &format!("select count(*) from users where phone_number = '{phone}'")), 1);
     assert_eq!(count(stack, &format!("select count(*) from jobs where message_sid = '{sid}'")), 1);
     assert_eq!(count(stack, &format!("select count(*) from dlq_jobs where message_sid = '{sid}'")), 0);
@@ -132,7 +132,7 @@ on_every_stack!(a_known_users_messages_leave_the_users_row_unlocked);
 /// one busy user do not queue behind each other's transactions.
 async fn a_known_users_messages_leave_the_users_row_unlocked(stack: &Stack, app: &TestApp) {
     let phone = unique_phone();
-    assert_eq!(app.ingestor.ingest(&sms(&phone, "first"), Instant::now()).await.unwrap().0, Outcome::Ingested);
+    assert_eq!(app.ingestor.ingest(&sms(&phone, "first"), Arrival::now()).await.unwrap().0, Outcome::Ingested);
 
     // Another transaction holds the lock a users upsert would need (but a job's foreign key
     // check does not) for longer than the request's deadline.
@@ -141,7 +141,7 @@ async fn a_known_users_messages_leave_the_users_row_unlocked(stack: &Stack, app:
     db.batch_execute(&format!("begin; select from users where phone_number = '{phone}' for no key update;")).await.unwrap();
 
     let params = sms(&phone, "while the row is locked");
-    let outcome = app.ingestor.ingest(&params, Instant::now()).await.unwrap().0;
+    let outcome = app.ingestor.ingest(&params, Arrival::now()).await.unwrap().0;
     db.batch_execute("rollback").await.unwrap();
     drop(db);
     let _ = connection.await;
@@ -161,6 +161,7 @@ fn dm_job(phone: &str) -> EncodedJob {
         source_channel_id: phone,
         content_type: "text",
         payload: &payload,
+        received_at_us: ReceivedAt::now().as_micros(),
     }
     .encode()
 }

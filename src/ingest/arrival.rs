@@ -1,0 +1,69 @@
+//! When a webhook arrived: the instant its deadline runs from, and the wall-clock moment that gives
+//! its job a place in its channel's order.
+
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// The moment the service received a webhook, in microseconds since the Unix epoch.
+///
+/// Strictly increasing within a process: two webhooks received in the same microsecond (or while
+/// the wall clock steps back) still get distinct, ordered values. So the jobs of one batch, which
+/// share a transaction and so a `created_at`, keep the order they arrived in. Kept in the spool
+/// record and the dead letter, so a message that waited out an outage keeps its place.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ReceivedAt(i64);
+
+impl ReceivedAt {
+    pub fn now() -> Self {
+        static LAST: AtomicI64 = AtomicI64::new(0);
+        let wall = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as i64);
+        let previous = LAST
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |last| Some(wall.max(last + 1)))
+            .expect("the update always returns Some");
+        ReceivedAt(wall.max(previous + 1))
+    }
+
+    pub fn from_micros(micros: i64) -> Self {
+        ReceivedAt(micros)
+    }
+
+    pub fn as_micros(self) -> i64 {
+        self.0
+    }
+
+    /// As PostgreSQL reads a `timestamptz`: RFC 3339, UTC, to the microsecond.
+    pub fn to_rfc3339(self) -> String {
+        let time = UNIX_EPOCH + Duration::from_micros(self.0.max(0) as u64);
+        humantime::format_rfc3339_micros(time).to_string()
+    }
+}
+
+/// A webhook's arrival, as the edge records it before anything else.
+#[derive(Clone, Copy, Debug)]
+pub struct Arrival {
+    /// Where the request's deadline runs from.
+    pub instant: Instant,
+    pub at: ReceivedAt,
+}
+
+impl Arrival {
+    pub fn now() -> Self {
+        Arrival { instant: Instant::now(), at: ReceivedAt::now() }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn arrivals_are_strictly_increasing_even_within_one_microsecond() {
+        let times: Vec<ReceivedAt> = (0..10_000).map(|_| ReceivedAt::now()).collect();
+        assert!(times.windows(2).all(|w| w[0] < w[1]));
+    }
+
+    #[test]
+    fn an_arrival_reads_as_a_timestamp_to_the_microsecond() {
+        assert_eq!(ReceivedAt::from_micros(1_795_000_000_123_456).to_rfc3339(), "2026-11-18T11:06:40.123456Z");
+    }
+}
