@@ -46,10 +46,12 @@ alter table public.jobs add constraint jobs_user_id_fkey
     foreign key (user_id) references public.users (phone_number) on delete cascade not valid;
 alter table public.jobs validate constraint jobs_user_id_fkey;
 
--- claim_jobs walks pending jobs oldest first and stops after max_jobs: an ordered scan of this
--- index, never a sort of the whole queue. The old one (created_at) cannot order a batch's jobs.
+-- claim_jobs walks the pending jobs that are due, in the order they became due, and stops after
+-- max_jobs: a range scan of this index that ends at now(), never a sort of the whole queue, and
+-- nothing at all to read when no job is due (jobs waiting for a retry are past the range's end).
+-- The old index (created_at) could not order a batch's jobs, which share created_at.
 drop index public.jobs_pending_idx;
-create index jobs_claim_idx on public.jobs (received_at, id) where status = 'pending';
+create index jobs_claim_idx on public.jobs (run_at, received_at, id) where status = 'pending';
 -- "Is an earlier job of this channel still open?" is one probe of this index.
 create index jobs_channel_open_idx on public.jobs (source_channel_id, received_at, id)
     where status in ('pending', 'processing');
@@ -158,8 +160,8 @@ begin
         return;
     end if;
 
-    -- Pending jobs whose turn has come, oldest first: due (run_at), and the first open job of their
-    -- channel. Rows another claim has locked are skipped, not waited for; and because a claimed
+    -- Pending jobs whose turn has come, first due first: run_at has passed, and the job is the
+    -- first open job of its channel in arrival order. Rows another claim has locked are skipped, not waited for; and because a claimed
     -- job stays open (processing), the next job of its channel fails the NOT EXISTS for every
     -- other claim until it is complete or failed.
     return query
@@ -181,7 +183,7 @@ begin
                     and earlier.status in ('pending', 'processing')
                     and (earlier.received_at, earlier.id) < (p.received_at, p.id)
               )
-            order by p.received_at, p.id
+            order by p.run_at, p.received_at, p.id
             limit wanted
             for update skip locked
         )

@@ -4,5 +4,6 @@ mod helpers;
 
 mod faults;
 mod operations;
+mod queue;
 mod toolchain;
 mod webhooks;
