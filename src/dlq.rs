@@ -47,26 +47,5 @@ pub async fn replay(supabase: &Supabase, limit: usize) -> Result<ReplayReport, E
 /// When a dead letter's webhook arrived, so its job takes its place in its channel's order; the
 /// replay's own time for letters written before arrival times were kept.
 fn arrival_of(letter: &DeadLetter) -> ReceivedAt {
-    letter.received_at.as_deref().and_then(parse_utc_timestamp).unwrap_or_else(ReceivedAt::now)
-}
-
-/// Reads a `timestamptz` as PostgREST renders it in UTC (`2026-11-24T10:59:25.354568+00:00`).
-fn parse_utc_timestamp(text: &str) -> Option<ReceivedAt> {
-    let utc = text.strip_suffix("+00:00").map_or_else(|| text.to_owned(), |t| format!("{t}Z"));
-    let time = humantime::parse_rfc3339(&utc).ok()?;
-    let micros = time.duration_since(std::time::UNIX_EPOCH).ok()?.as_micros();
-    Some(ReceivedAt::from_micros(i64::try_from(micros).ok()?))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_timestamp_from_postgrest_is_read_to_the_microsecond() {
-        let at = parse_utc_timestamp("2026-11-18T11:06:40.123456+00:00").unwrap();
-        assert_eq!(at, ReceivedAt::from_micros(1_795_000_000_123_456));
-        assert_eq!(parse_utc_timestamp(&at.to_rfc3339()), Some(at));
-        assert_eq!(parse_utc_timestamp("yesterday"), None);
-    }
+    letter.received_at.as_deref().and_then(ReceivedAt::parse_rfc3339).unwrap_or_else(ReceivedAt::now)
 }

@@ -6,6 +6,7 @@ pub mod config;
 pub mod dlq;
 mod http;
 pub mod ingest;
+pub mod jobs;
 pub mod phone;
 pub mod spool;
 pub mod supabase;

@@ -37,6 +37,27 @@ enum Command {
     /// Inspect and re-drive dead letters.
     #[command(subcommand)]
     Dlq(DlqCommand),
+    /// Inspect the job queue and requeue failed jobs.
+    #[command(subcommand)]
+    Jobs(JobsCommand),
+}
+
+#[derive(Subcommand)]
+enum JobsCommand {
+    /// Jobs by source type and status, and how long the oldest pending job has waited.
+    Stats,
+    /// Put failed jobs back to pending, with their attempts reset.
+    Retry {
+        /// A failed job's id; repeat for several.
+        #[arg(long = "id", value_name = "ID")]
+        ids: Vec<String>,
+        /// Jobs that failed since this time (2026-11-24T10:00:00Z) or this long ago (2h).
+        #[arg(long, value_name = "TIME", value_parser = twilio_ingest::jobs::parse_since)]
+        failed_since: Option<String>,
+        /// Every failed job; needed when neither --id nor --failed-since is given.
+        #[arg(long, conflicts_with_all = ["ids", "failed_since"])]
+        all: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -107,6 +128,7 @@ fn main() -> ExitCode {
             }
             Command::Send { sample, target } => send(&config, &sample, target).await,
             Command::Dlq(command) => dlq_command(&config, command).await,
+            Command::Jobs(command) => jobs_command(&config, command).await,
         }
     });
     match result {
@@ -280,6 +302,22 @@ async fn dlq_command(config: &Config, command: DlqCommand) -> anyhow::Result<()>
                 println!("still failing: {id}: {why}");
             }
             println!("replayed {}, still failing {}", report.replayed.len(), report.still_failing.len());
+        }
+    }
+    Ok(())
+}
+
+async fn jobs_command(config: &Config, command: JobsCommand) -> anyhow::Result<()> {
+    let supabase = Supabase::new(&config.supabase_url, &config.service_key);
+    match command {
+        JobsCommand::Stats => println!("{}", twilio_ingest::jobs::stats(&supabase).await?),
+        JobsCommand::Retry { ids, failed_since, all } => {
+            if ids.is_empty() && failed_since.is_none() && !all {
+                anyhow::bail!("say which failed jobs to retry: --id ID, --failed-since TIME, or --all");
+            }
+            let selection = twilio_ingest::jobs::RetrySelection { ids, failed_since };
+            let requeued = twilio_ingest::jobs::retry(&supabase, &selection).await?;
+            println!("requeued {requeued} failed job(s)");
         }
     }
     Ok(())

@@ -31,6 +31,21 @@ impl ReceivedAt {
         self.0
     }
 
+    /// Reads a `timestamptz` as PostgREST renders it in UTC (`2026-11-24T10:59:25.354568+00:00`),
+    /// or as [`ReceivedAt::to_rfc3339`] writes it.
+    pub fn parse_rfc3339(text: &str) -> Option<Self> {
+        let utc = text.strip_suffix("+00:00").map_or_else(|| text.to_owned(), |t| format!("{t}Z"));
+        let time = humantime::parse_rfc3339(&utc).ok()?;
+        let micros = time.duration_since(UNIX_EPOCH).ok()?.as_micros();
+        Some(ReceivedAt(i64::try_from(micros).ok()?))
+    }
+
+    /// How long ago this was (zero if it is in the future).
+    pub fn age(self) -> Duration {
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as i64);
+        Duration::from_micros(now.saturating_sub(self.0).max(0) as u64)
+    }
+
     /// As PostgreSQL reads a `timestamptz`: RFC 3339, UTC, to the microsecond.
     pub fn to_rfc3339(self) -> String {
         let time = UNIX_EPOCH + Duration::from_micros(self.0.max(0) as u64);
@@ -65,5 +80,13 @@ mod tests {
     #[test]
     fn an_arrival_reads_as_a_timestamp_to_the_microsecond() {
         assert_eq!(ReceivedAt::from_micros(1_795_000_000_123_456).to_rfc3339(), "2026-11-18T11:06:40.123456Z");
+    }
+
+    #[test]
+    fn a_timestamp_from_postgrest_is_read_to_the_microsecond() {
+        let at = ReceivedAt::parse_rfc3339("2026-11-18T11:06:40.123456+00:00").unwrap();
+        assert_eq!(at, ReceivedAt::from_micros(1_795_000_000_123_456));
+        assert_eq!(ReceivedAt::parse_rfc3339(&at.to_rfc3339()), Some(at));
+        assert_eq!(ReceivedAt::parse_rfc3339("yesterday"), None);
     }
 }

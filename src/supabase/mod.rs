@@ -116,6 +116,16 @@ pub struct DeadLetter {
     pub replay_error: Option<String>,
 }
 
+/// One row of `job_queue_stats`.
+#[derive(Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct QueueStat {
+    pub source_type: String,
+    pub status: String,
+    pub jobs: u64,
+    /// When the oldest of these jobs arrived.
+    pub oldest: Option<String>,
+}
+
 /// How one table is locked down, as `ingest_schema_report` sees it.
 #[derive(Deserialize, Debug, Clone)]
 pub struct TableReport {
@@ -259,6 +269,18 @@ impl Supabase {
         self.ingest_batch(&[], timeout).await.map_err(|e| ("function ingest_batch".to_owned(), e))?;
         self.ingest_jobs(&[], timeout).await.map_err(|e| ("function ingest_jobs".to_owned(), e))?;
         Ok(())
+    }
+
+    /// The queue by source type and status (`job_queue_stats`).
+    pub async fn job_queue_stats(&self, timeout: Duration) -> Result<Vec<QueueStat>, Error> {
+        self.fetch(self.rpc("job_queue_stats", "{}".into()), timeout).await
+    }
+
+    /// Requeues failed jobs (`retry_failed_jobs`): those in `ids`, or failed since `since`, or
+    /// all of them when both are `None`. Returns how many.
+    pub async fn retry_failed_jobs(&self, ids: Option<&[String]>, since: Option<&str>, timeout: Duration) -> Result<u64, Error> {
+        let args = serde_json::json!({"ids": ids, "since": since});
+        self.fetch(self.rpc("retry_failed_jobs", args.to_string()), timeout).await
     }
 
     /// RLS and grants on the three tables.

@@ -477,3 +477,32 @@ fn a_poll_with_nothing_due_reads_no_jobs() {
     assert_eq!(seq_scans, "0", "an empty poll scanned the table");
     assert!(rows_read.parse::<u64>().unwrap() < 100, "an empty poll read {rows_read} of 50,000 rows");
 }
+
+#[tokio::test]
+async fn operators_see_the_queue_and_requeue_failed_jobs_from_the_command_line() {
+    let stack = Stack::start(Grants::None).unwrap();
+    enqueue(&stack, &interleaved(3, 1)).await;
+    let worker = Worker::new(&stack, KeyKind::Secret, "w");
+    let jobs = worker.claim(3, 60).await;
+    for job in &jobs {
+        worker.fail(id(job), "bad", None, true).await;
+    }
+    let run = |args: &[&str]| {
+        let out = service_command(&stack.url(), KeyKind::Secret, &temp_dir("spool"), 8080).args(args).output().unwrap();
+        (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr))
+    };
+    let (ok, stats) = run(&["jobs", "stats"]);
+    assert!(ok, "{stats}");
+    assert!(stats.lines().any(|l| l.split_whitespace().take(3).eq(["dm", "failed", "3"])), "{stats}");
+    assert!(stats.contains("oldest pending job: none pending"), "{stats}");
+
+    let (ok, refused) = run(&["jobs", "retry"]);
+    assert!(!ok && refused.contains("--all"), "{refused}");
+    let (ok, one) = run(&["jobs", "retry", "--id", id(&jobs[0])]);
+    assert!(ok && one.contains("requeued 1 failed job(s)"), "{one}");
+    let (ok, rest) = run(&["jobs", "retry", "--failed-since", "1h"]);
+    assert!(ok && rest.contains("requeued 2 failed job(s)"), "{rest}");
+    let (ok, stats) = run(&["jobs", "stats"]);
+    assert!(ok && stats.lines().any(|l| l.split_whitespace().take(3).eq(["dm", "pending", "3"])), "{stats}");
+    assert!(stats.contains("oldest pending job: waiting"), "{stats}");
+}
