@@ -9,6 +9,10 @@
 //! alike. Every acknowledged message is checked to be in the database exactly once, so a fast
 //! wrong run cannot pass.
 //!
+//! Drain: then every job stored is drained by concurrent workers through the queue's RPC
+//! (`claim_jobs` in batches, `complete_jobs`), each claim checked against its channel's arrival
+//! order, and the drain rate is compared with the service's ingest rate of the same run.
+//!
 //! The load generator shares the two cores with the service and the stack, so it is kept lean: one
 //! thread, bare HTTP/1.1 keep-alive connections, every request built before the clock starts.
 
@@ -31,6 +35,9 @@ const TOKEN: &str = "7c8a2c5e0b1d4f3a9e6b8d2c1f0a3e5b";
 const PUBLIC_URL: &str = "https://ingest.example.com";
 const USERS: usize = 1_000;
 const CONCURRENCY: usize = 32;
+/// The drain phase: workers, and how many jobs each claims at a time.
+const WORKERS: usize = 8;
+const CLAIM_BATCH: usize = 50;
 
 /// Where requests go and the headers every one of them carries.
 struct Target {
@@ -420,6 +427,7 @@ fn main() {
         (base, svc, single_runs, cpu_base, cpu_svc)
     });
     let peak_rss = rss_kib(service.id(), "VmHWM:");
+    let drained = runtime.block_on(drain(&stack));
     if std::env::var_os("BENCH_METRICS").is_some() {
         let metrics = runtime.block_on(async {
             reqwest::get(format!("http://127.0.0.1:{port}/metrics")).await.unwrap().text().await.unwrap()
@@ -453,4 +461,110 @@ fn main() {
         verdict(peak <= 64.0)
     );
     println!("every acknowledged message is in jobs exactly once: checked");
+    let drain_ratio = drained.rate() / svc.throughput();
+    println!(
+        "\nqueue drain: {WORKERS} workers claiming {CLAIM_BATCH} at a time through PostgREST: {} jobs in {:.2} s, {:.0} jobs/s \
+         ({} channels, each in arrival order: checked)",
+        drained.jobs,
+        drained.elapsed.as_secs_f64(),
+        drained.rate(),
+        drained.channels
+    );
+    println!(
+        "drain/ingest ratio: {drain_ratio:.2}x  (drain {:.0} jobs/s vs service ingest {:.0} msg/s at c={CONCURRENCY}; target >= 1.00x: {})",
+        drained.rate(),
+        svc.throughput(),
+        verdict(drain_ratio >= 1.0)
+    );
+}
+
+/// What the drain phase measured.
+struct Drained {
+    jobs: usize,
+    channels: usize,
+    elapsed: Duration,
+}
+
+impl Drained {
+    fn rate(&self) -> f64 {
+        self.jobs as f64 / self.elapsed.as_secs_f64()
+    }
+}
+
+/// Drains every pending job with `WORKERS` concurrent workers, each looping claim_jobs ->
+/// complete_jobs through the gateway as a supabase-js worker would. Each claimed job must be the
+/// next of its channel in arrival order; the run panics if one is not.
+async fn drain(stack: &Stack) -> Drained {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+
+    let total: usize = stack.query("select count(*) from jobs where status = 'pending'").unwrap()[0]
+        .as_deref()
+        .unwrap()
+        .parse()
+        .unwrap();
+    // Each channel's jobs in arrival order, to check the claims against.
+    let rows = stack
+        .query("select source_channel_id || ' ' || id from jobs where status = 'pending' order by received_at, id")
+        .unwrap();
+    let mut expected: HashMap<String, std::collections::VecDeque<String>> = HashMap::new();
+    for row in rows.into_iter().flatten() {
+        let (channel, id) = row.split_once(' ').unwrap();
+        expected.entry(channel.to_owned()).or_default().push_back(id.to_owned());
+    }
+    let channels = expected.len();
+    let expected = Arc::new(Mutex::new(expected));
+    let done = Arc::new(AtomicUsize::new(0));
+    let client = reqwest::Client::builder().pool_max_idle_per_host(WORKERS).tcp_nodelay(true).build().unwrap();
+    let key = KeyKind::Secret.service_key();
+    let url = stack.url();
+    let started = Instant::now();
+    let workers: Vec<_> = (0..WORKERS)
+        .map(|w| {
+            let (client, key, url, expected, done) = (client.clone(), key.clone(), url.clone(), expected.clone(), done.clone());
+            tokio::spawn(async move {
+                let worker = format!("bench-{w}");
+                let rpc = |function: &'static str, args: serde_json::Value| {
+                    client.post(format!("{url}/rest/v1/rpc/{function}")).header("apikey", &key).json(&args).send()
+                };
+                while done.load(Ordering::SeqCst) < total {
+                    let claimed: Vec<serde_json::Value> =
+                        rpc("claim_jobs", serde_json::json!({"worker": worker, "max_jobs": CLAIM_BATCH}))
+                            .await
+                            .unwrap()
+                            .json()
+                            .await
+                            .unwrap();
+                    if claimed.is_empty() {
+                        tokio::time::sleep(Duration::from_millis(2)).await;
+                        continue;
+                    }
+                    {
+                        let mut expected = expected.lock().unwrap();
+                        for job in &claimed {
+                            let channel = job["source_channel_id"].as_str().unwrap();
+                            let next = expected.get_mut(channel).and_then(|q| q.pop_front());
+                            assert_eq!(next.as_deref(), job["id"].as_str(), "channel {channel} out of arrival order");
+                        }
+                    }
+                    let ids: Vec<serde_json::Value> = claimed.iter().map(|j| serde_json::json!({"id": j["id"]})).collect();
+                    let completed: Vec<String> = rpc("complete_jobs", serde_json::json!({"worker": worker, "jobs": ids}))
+                        .await
+                        .unwrap()
+                        .json()
+                        .await
+                        .unwrap();
+                    assert_eq!(completed.len(), claimed.len(), "a claimed job was not completed");
+                    done.fetch_add(completed.len(), Ordering::SeqCst);
+                }
+            })
+        })
+        .collect();
+    for worker in workers {
+        worker.await.unwrap();
+    }
+    let elapsed = started.elapsed();
+    let left = stack.query("select count(*) from jobs where status <> 'complete'").unwrap();
+    assert_eq!(left[0].as_deref(), Some("0"), "jobs left after the drain");
+    Drained { jobs: total, channels, elapsed }
 }
