@@ -427,7 +427,9 @@ fn main() {
         (base, svc, single_runs, cpu_base, cpu_svc)
     });
     let peak_rss = rss_kib(service.id(), "VmHWM:");
+    let cpu_before_drain = Cpu::now();
     let drained = runtime.block_on(drain(&stack));
+    let cpu_drain = cpu_before_drain.since(&Cpu::now(), &Run { label: "drain", count: drained.jobs, elapsed: drained.elapsed, latencies: vec![] });
     if std::env::var_os("BENCH_METRICS").is_some() {
         let metrics = runtime.block_on(async {
             reqwest::get(format!("http://127.0.0.1:{port}/metrics")).await.unwrap().text().await.unwrap()
@@ -462,6 +464,15 @@ fn main() {
     );
     println!("every acknowledged message is in jobs exactly once: checked");
     let drain_ratio = drained.rate() / svc.throughput();
+    println!("\nwhile draining: {cpu_drain} (per job)");
+    println!(
+        "drain round trips: {} claims (mean {:.2} ms, {:.1} jobs each), {} completions (mean {:.2} ms)",
+        drained.claims,
+        drained.claim_time.as_secs_f64() * 1000.0 / drained.claims.max(1) as f64,
+        drained.jobs as f64 / drained.claims.max(1) as f64,
+        drained.completions,
+        drained.complete_time.as_secs_f64() * 1000.0 / drained.completions.max(1) as f64
+    );
     println!(
         "\nqueue drain: {WORKERS} workers claiming {CLAIM_BATCH} at a time through PostgREST: {} jobs in {:.2} s, {:.0} jobs/s \
          ({} channels, each in arrival order: checked)",
@@ -483,6 +494,11 @@ struct Drained {
     jobs: usize,
     channels: usize,
     elapsed: Duration,
+    /// Claims that returned jobs, and the time all claims took.
+    claims: usize,
+    claim_time: Duration,
+    completions: usize,
+    complete_time: Duration,
 }
 
 impl Drained {
@@ -515,6 +531,7 @@ async fn drain(stack: &Stack) -> Drained {
     let channels = expected.len();
     let expected = Arc::new(Mutex::new(expected));
     let done = Arc::new(AtomicUsize::new(0));
+    let timings = Arc::new(Mutex::new((0usize, Duration::ZERO, 0usize, Duration::ZERO)));
     let client = reqwest::Client::builder().pool_max_idle_per_host(WORKERS).tcp_nodelay(true).build().unwrap();
     let key = KeyKind::Secret.service_key();
     let url = stack.url();
@@ -522,12 +539,14 @@ async fn drain(stack: &Stack) -> Drained {
     let workers: Vec<_> = (0..WORKERS)
         .map(|w| {
             let (client, key, url, expected, done) = (client.clone(), key.clone(), url.clone(), expected.clone(), done.clone());
+            let timings = timings.clone();
             tokio::spawn(async move {
                 let worker = format!("bench-{w}");
                 let rpc = |function: &'static str, args: serde_json::Value| {
                     client.post(format!("{url}/rest/v1/rpc/{function}")).header("apikey", &key).json(&args).send()
                 };
                 while done.load(Ordering::SeqCst) < total {
+                    let claim_started = Instant::now();
                     let claimed: Vec<serde_json::Value> =
                         rpc("claim_jobs", serde_json::json!({"worker": worker, "max_jobs": CLAIM_BATCH}))
                             .await
@@ -535,10 +554,12 @@ async fn drain(stack: &Stack) -> Drained {
                             .json()
                             .await
                             .unwrap();
+                    timings.lock().unwrap().1 += claim_started.elapsed();
                     if claimed.is_empty() {
                         tokio::time::sleep(Duration::from_millis(2)).await;
                         continue;
                     }
+                    timings.lock().unwrap().0 += 1;
                     {
                         let mut expected = expected.lock().unwrap();
                         for job in &claimed {
@@ -548,6 +569,7 @@ async fn drain(stack: &Stack) -> Drained {
                         }
                     }
                     let ids: Vec<serde_json::Value> = claimed.iter().map(|j| serde_json::json!({"id": j["id"]})).collect();
+                    let complete_started = Instant::now();
                     let completed: Vec<String> = rpc("complete_jobs", serde_json::json!({"worker": worker, "jobs": ids}))
                         .await
                         .unwrap()
@@ -555,6 +577,11 @@ async fn drain(stack: &Stack) -> Drained {
                         .await
                         .unwrap();
                     assert_eq!(completed.len(), claimed.len(), "a claimed job was not completed");
+                    {
+                        let mut t = timings.lock().unwrap();
+                        t.2 += 1;
+                        t.3 += complete_started.elapsed();
+                    }
                     done.fetch_add(completed.len(), Ordering::SeqCst);
                 }
             })
@@ -566,5 +593,6 @@ async fn drain(stack: &Stack) -> Drained {
     let elapsed = started.elapsed();
     let left = stack.query("select count(*) from jobs where status <> 'complete'").unwrap();
     assert_eq!(left[0].as_deref(), Some("0"), "jobs left after the drain");
-    Drained { jobs: total, channels, elapsed }
+    let (claims, claim_time, completions, complete_time) = *timings.lock().unwrap();
+    Drained { jobs: total, channels, elapsed, claims, claim_time, completions, complete_time }
 }

@@ -35,8 +35,8 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("cannot open the spool in SPOOL_DIR {dir}: {source}")]
-    Spool { dir: String, source: std::io::Error },
+    #[error(transparent)]
+    Spool(#[from] spool::OpenError),
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: SocketAddr, source: std::io::Error },
 }
@@ -56,8 +56,7 @@ impl Application {
     }
 
     pub async fn build_with(config: &Config, settings: Settings) -> Result<Self, StartError> {
-        let spool = Spool::open(&config.spool_dir)
-            .map_err(|source| StartError::Spool { dir: config.spool_dir.display().to_string(), source })?;
+        let spool = Spool::open(&config.spool_dir)?;
         if spool.depth() > 0 {
             tracing::warn!(depth = spool.depth(), "found spooled messages from an earlier run; replaying them");
         }

@@ -202,11 +202,14 @@ async fn check(config: &Config) -> anyhow::Result<()> {
         let hint = ingest.iter().find_map(|(_, r)| r.as_ref().err()).map_or("", |e| e.hint());
         println!("ingest: PROBLEM: cannot call {}; {hint}", failed.join(", "));
     }
-    match twilio_ingest::spool::Spool::open(&config.spool_dir) {
-        Ok(spool) => println!("spool: ok ({} waiting in {})", spool.depth(), config.spool_dir.display()),
-        Err(e) => {
+    // Read without taking the spool from a service that may be running on this machine.
+    let spool = twilio_ingest::spool::health(&config.spool_dir)
+        .and_then(|()| twilio_ingest::spool::status(&config.spool_dir).map_err(|e| format!("SPOOL_DIR {}: {e}", config.spool_dir.display())));
+    match spool {
+        Ok(status) => println!("spool: ok ({} waiting in {}, writable, room to spare)", status.depth, config.spool_dir.display()),
+        Err(why) => {
             problems += 1;
-            println!("spool: PROBLEM: cannot use SPOOL_DIR {}: {e}", config.spool_dir.display());
+            println!("spool: PROBLEM: {why}");
         }
     }
     if problems > 0 {

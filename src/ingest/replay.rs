@@ -58,16 +58,15 @@ pub(super) async fn drain(inner: &Inner) -> ReplayReport {
         }
     };
     'segments: for path in segments {
-        let segment = match read_segment(&path) {
+        // Segments are a few MiB at most, read off the runtime's thread so webhooks do not wait.
+        let read = tokio::task::spawn_blocking(move || read_segment(&path).map_err(|e| (path, e))).await;
+        let segment = match read.expect("reading a segment does not panic") {
             Ok(segment) => segment,
-            Err(e) => {
+            Err((path, e)) => {
                 report.stalled = Some(format!("cannot read {}: {e}", path.display()));
                 break;
             }
         };
-        if segment.torn_bytes > 0 {
-            tracing::warn!(segment = %path.display(), torn_bytes = segment.torn_bytes, "skipping a torn record at the end of a spool segment");
-        }
         for chunk in segment.records.chunks(CHUNK) {
             if let Err(why) = replay_chunk(inner, chunk).await {
                 report.stalled = Some(why);
@@ -75,8 +74,12 @@ pub(super) async fn drain(inner: &Inner) -> ReplayReport {
             }
             report.replayed += chunk.len();
         }
-        if let Err(e) = inner.spool.remove(&segment) {
-            report.stalled = Some(format!("cannot remove {}: {e}", path.display()));
+        // Every whole record is stored: move the damage aside, then let the segment go.
+        let spool = inner.spool.clone();
+        let path = segment.path.clone();
+        let done = tokio::task::spawn_blocking(move || spool.quarantine(&segment).and_then(|()| spool.remove(&segment))).await;
+        if let Err(e) = done.expect("removing a segment does not panic") {
+            report.stalled = Some(format!("cannot quarantine or remove {}: {e}", path.display()));
             break;
         }
     }

@@ -108,6 +108,7 @@ as $$
 declare
     wanted integer;
     taken integer;
+    scan integer;
 begin
     if coalesce(worker, '') = '' then
         raise exception 'claim_jobs: worker must name the worker' using errcode = '22023';
@@ -160,10 +161,15 @@ begin
         return;
     end if;
 
-    -- Pending jobs whose turn has come, first due first: run_at has passed, and the job is the
-    -- first open job of its channel in arrival order. Rows another claim has locked are skipped, not waited for; and because a claimed
-    -- job stays open (processing), the next job of its channel fails the NOT EXISTS for every
-    -- other claim until it is complete or failed.
+    -- Pending jobs whose turn has come: due (run_at has passed) and the first open job of their
+    -- channel in arrival order. Rows another claim has locked are skipped, not waited for; and
+    -- because a claimed job stays open (processing), the next job of its channel fails the
+    -- NOT EXISTS for every other claim until it is complete or failed.
+    --
+    -- First pass: the first `scan` due jobs, first due first. When most due jobs are their
+    -- channel's first (many senders, a few messages each), this finds them at once and reads
+    -- nothing else; when nothing is due it reads nothing at all.
+    scan := greatest(200, 4 * wanted);
     return query
     with claimed as (
         update public.jobs as j
@@ -174,8 +180,16 @@ begin
         where j.id in (
             select p.id
             from public.jobs as p
-            where p.status = 'pending' and p.run_at <= now()
-              and (source_types is null or p.source_type = any (source_types))
+            -- An array, so each is found by its key rather than by joining the table.
+            where p.id = any (array(
+                  select w.id
+                  from public.jobs as w
+                  where w.status = 'pending' and w.run_at <= now()
+                    and (source_types is null or w.source_type = any (source_types))
+                  order by w.run_at, w.received_at, w.id
+                  limit scan
+              ))
+              and p.status = 'pending'
               and not exists (
                   select
                   from public.jobs as earlier
@@ -189,7 +203,69 @@ begin
         )
         returning j.*
     )
-    select * from claimed order by claimed.received_at, claimed.id;
+    select * from claimed order by claimed.run_at, claimed.received_at, claimed.id;
+    get diagnostics taken = row_count;
+    wanted := wanted - taken;
+    if wanted = 0 then
+        return;
+    end if;
+    -- Fewer than wanted, and more due jobs than the first pass looked at: the rest are behind
+    -- channels that are busy (a few channels with long backlogs). Walking them all would cost
+    -- the whole backlog on every poll, so find each open channel's first job instead, skipping
+    -- from channel to channel through jobs_channel_open_idx: a cost of open channels, not jobs.
+    perform
+    from public.jobs as w
+    where w.status = 'pending' and w.run_at <= now()
+      and (source_types is null or w.source_type = any (source_types))
+    order by w.run_at, w.received_at, w.id
+    offset scan - 1
+    limit 1;
+    if not found then
+        return;
+    end if;
+    return query
+    with recursive channels (channel) as (
+        select min(o.source_channel_id) from public.jobs as o where o.status in ('pending', 'processing')
+        union all
+        select (
+            select min(o.source_channel_id)
+            from public.jobs as o
+            where o.status in ('pending', 'processing') and o.source_channel_id > c.channel
+        )
+        from channels as c
+        where c.channel is not null
+    ),
+    heads as (
+        select h.id, h.run_at, h.received_at
+        from channels as c
+        cross join lateral (
+            select o.id, o.status, o.run_at, o.received_at, o.source_type
+            from public.jobs as o
+            where o.source_channel_id = c.channel and o.status in ('pending', 'processing')
+            order by o.received_at, o.id
+            limit 1
+        ) as h
+        where h.status = 'pending' and h.run_at <= now()
+          and (source_types is null or h.source_type = any (source_types))
+    ),
+    claimed as (
+        update public.jobs as j
+        set status = 'processing',
+            attempts = j.attempts + 1,
+            locked_by = worker,
+            locked_until = now() + make_interval(secs => lease_seconds)
+        where j.id in (
+            select p.id
+            from public.jobs as p
+            where p.id = any (array(select heads.id from heads))
+              and p.status = 'pending'
+            order by p.run_at, p.received_at, p.id
+            limit wanted
+            for update skip locked
+        )
+        returning j.*
+    )
+    select * from claimed order by claimed.run_at, claimed.received_at, claimed.id;
 end;
 $$;
 
