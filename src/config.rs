@@ -99,8 +99,10 @@ impl Config {
             Some(ms) => {
                 let ms: u64 = ms.parse().map_err(|e| invalid("INGEST_DEADLINE_MS", &e))?;
                 // Conversations gives a webhook 5 s in all; the answer must be on the wire before that.
-                if !(200..=4_500).contains(&ms) {
-                    return Err(invalid("INGEST_DEADLINE_MS", &"must be between 200 and 4500"));
+                // Below 500 ms there is no time left for a write once the spool's share is kept
+                // back: every message would be spooled with a healthy Supabase.
+                if !(500..=4_500).contains(&ms) {
+                    return Err(invalid("INGEST_DEADLINE_MS", &"must be between 500 and 4500"));
                 }
                 Duration::from_millis(ms)
             }
@@ -205,6 +207,10 @@ mod tests {
             ("PORT", "eighty"),
             ("PUBLIC_URL", "ingest.example.com"),
             ("SUPABASE_URL", "not a url"),
+            ("SUPABASE_SERVICE_ROLE_KEY", "sb_secret_N7UND0UgjKTVK\u{7}Uodkm0Hg_xSvEMPvz"),
+            ("SUPABASE_SERVICE_ROLE_KEY", "sb_secret_N7UND0UgjKTVK-Uodkm0Hg\n_xSvEMPvz"),
+            ("INGEST_DEADLINE_MS", "499"),
+            ("INGEST_DEADLINE_MS", "200"),
             ("SUPABASE_SERVICE_ROLE_KEY", "sb_publishable_ACJWlzQHlZjBrEguHvfOxg_3BJgxAaH"),
             ("TWILIO_ACCOUNT_SID", "XX123"),
             ("INGEST_DEADLINE_MS", "60000"),

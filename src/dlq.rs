@@ -25,7 +25,8 @@ pub async fn pending(supabase: &Supabase, limit: usize) -> Result<Vec<DeadLetter
 pub async fn replay(supabase: &Supabase, limit: usize) -> Result<ReplayReport, Error> {
     let mut report = ReplayReport::default();
     for letter in supabase.pending_dead_letters(limit, TIMEOUT).await? {
-        let outcome = match letter.payload.as_object().map(Params::from_object) {
+        let payload = decoded(&letter.payload);
+        let outcome = match payload.as_object().map(Params::from_object) {
             None => Err("the payload is not an object".to_owned()),
             Some(params) => match classify(&params, arrival_of(&letter)) {
                 Classified::Ignored => Ok(()),
@@ -48,4 +49,18 @@ pub async fn replay(supabase: &Supabase, limit: usize) -> Result<ReplayReport, E
 /// replay's own time for letters written before arrival times were kept.
 fn arrival_of(letter: &DeadLetter) -> ReceivedAt {
     letter.received_at.as_deref().and_then(ReceivedAt::parse_rfc3339).unwrap_or_else(ReceivedAt::now)
+}
+
+/// The params a dead letter holds, whether stored as they are or, when jsonb could not hold them,
+/// as JSON text (see [`crate::supabase::ENCODED_PAYLOAD`]).
+fn decoded(payload: &serde_json::Value) -> std::borrow::Cow<'_, serde_json::Value> {
+    let text = payload
+        .get(crate::supabase::ENCODED_PAYLOAD)
+        .filter(|e| *e == "json")
+        .and_then(|_| payload.get("json"))
+        .and_then(|t| t.as_str());
+    match text.and_then(|t| serde_json::from_str(t).ok()) {
+        Some(params) => std::borrow::Cow::Owned(params),
+        None => std::borrow::Cow::Borrowed(payload),
+    }
 }

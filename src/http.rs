@@ -146,6 +146,12 @@ fn finish(received: Instant, outcome: &'static str, response: Response) -> Respo
 
 async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     let depth = state.ingestor.spool_depth();
+    // The spool is what keeps the promise while Supabase is away: one that cannot take a message
+    // makes the service unready even while Supabase answers.
+    if let Err(why) = state.ingestor.spool_health().await {
+        tracing::warn!(%why, "not ready");
+        return (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\nspool_depth {depth}\n")).into_response();
+    }
     match state.supabase.probe(Duration::from_secs(2)).await {
         Ok(()) => format!("ready\nspool_depth {depth}\n").into_response(),
         Err((what, e)) => {

@@ -199,6 +199,12 @@ impl Ingestor {
     pub fn spool_depth(&self) -> u64 {
         self.inner.spool.depth()
     }
+
+    /// Whether the spool could take a message now (see [`crate::spool::health`]); says why not.
+    pub async fn spool_health(&self) -> Result<(), String> {
+        let dir = self.inner.spool.dir().to_owned();
+        tokio::task::spawn_blocking(move || crate::spool::health(&dir)).await.unwrap_or_else(|e| Err(e.to_string()))
+    }
 }
 
 impl Workers {

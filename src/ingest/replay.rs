@@ -10,6 +10,9 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine as _;
+
 use super::{classify, Classified, Delivery, Inner, ReceivedAt, SpoolRecord};
 use crate::spool::read_segment;
 use crate::twilio::Params;
@@ -92,15 +95,25 @@ async fn replay_chunk(inner: &Inner, records: &[Vec<u8>]) -> Result<(), String> 
     let until = Instant::now() + CHUNK_BUDGET;
     let mut jobs = Vec::new();
     let mut dead = Vec::new();
+    let mut unreadable = Vec::new();
     for record in records {
         // A record that passed its checksum but is not ours to read can only come from another
-        // version; stop rather than drop it.
-        let record: SpoolRecord = serde_json::from_slice(record).map_err(|e| format!("unreadable spool record: {e}"))?;
-        let params = match record.payload.as_object() {
-            Some(object) => Params::from_object(object),
-            None => return Err("spool record payload is not an object".into()),
+        // version or a bug. Replay must not stop behind it for good, nor drop it: its bytes go to
+        // the dead-letter table, and replay moves on.
+        let parsed = serde_json::from_slice::<SpoolRecord>(record)
+            .map_err(|e| e.to_string())
+            .and_then(|r| match r.payload.as_object() {
+                Some(object) => Ok((Params::from_object(object), r.received_at_us)),
+                None => Err("its payload is not an object".to_owned()),
+            });
+        let (params, received_at_us) = match parsed {
+            Ok(parsed) => parsed,
+            Err(why) => {
+                unreadable.push((BASE64.encode(record), why));
+                continue;
+            }
         };
-        let received_at = record.received_at_us.map_or_else(ReceivedAt::now, ReceivedAt::from_micros);
+        let received_at = received_at_us.map_or_else(ReceivedAt::now, ReceivedAt::from_micros);
         match classify(&params, received_at) {
             Classified::Ignored => {}
             Classified::Job { job, payload, .. } => jobs.push((job, payload)),
@@ -111,6 +124,11 @@ async fn replay_chunk(inner: &Inner, records: &[Vec<u8>]) -> Result<(), String> 
     let mut deliveries = inner.write_jobs(&jobs, until).await;
     for letter in &dead {
         deliveries.push(inner.dead_letter(letter, until).await);
+    }
+    for (bytes, why) in unreadable {
+        let payload = serde_json::json!({ "unreadable_spool_record_base64": bytes });
+        let error = format!("unreadable spool record: {why}");
+        deliveries.push(inner.dead_letter_with(&payload, None, ReceivedAt::now(), error, "unusable", until).await);
     }
     match deliveries.into_iter().find_map(|d| match d {
         Delivery::Unwritten(why) => Some(why),

@@ -31,7 +31,9 @@ where
             // Waiting out the request will not bring a missing function: spool it at once.
             Err(e) if !e.is_transient() || e.is_schema_missing() => return Err(e),
             Err(e) => {
-                let pause = backoff.mul_f64(rand::thread_rng().gen_range(0.5..1.0));
+                // Honour Retry-After when the server gives one, as far as the deadline allows.
+                let jittered = backoff.mul_f64(rand::thread_rng().gen_range(0.5..1.0));
+                let pause = e.retry_after().map_or(jittered, |asked| asked.max(jittered));
                 if Instant::now() + pause + MIN_ATTEMPT > until {
                     return Err(e);
                 }
@@ -73,6 +75,25 @@ mod tests {
         .await;
         assert!(!result.unwrap_err().is_transient());
         assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn retry_after_is_honoured_within_the_deadline() {
+        let asked = || unavailable().with_retry_after(Some(Duration::from_millis(400)));
+        let calls = AtomicU32::new(0);
+        let started = Instant::now();
+        let result = until(started + Duration::from_secs(2), |_| {
+            let n = calls.fetch_add(1, Ordering::SeqCst);
+            async move { if n == 0 { Err(asked()) } else { Ok(n) } }
+        })
+        .await;
+        assert_eq!(result.unwrap(), 1);
+        assert!(started.elapsed() >= Duration::from_millis(400), "retried after {:?}", started.elapsed());
+        // A wait past the deadline is not waited: the caller spools at once.
+        let started = Instant::now();
+        let result: Result<(), _> = until(started + Duration::from_millis(300), |_| async { Err(asked()) }).await;
+        assert!(result.is_err());
+        assert!(started.elapsed() < Duration::from_millis(100), "waited {:?}", started.elapsed());
     }
 
     #[tokio::test]

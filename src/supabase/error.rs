@@ -11,7 +11,18 @@ pub enum Error {
     #[error("Supabase did not answer within {0:?}")]
     Timeout(std::time::Duration),
     #[error("PostgREST answered {status}{}: {message}", code.as_deref().map(|c| format!(" ({c})")).unwrap_or_default())]
-    Api { status: u16, code: Option<String>, message: String },
+    Api {
+        status: u16,
+        code: Option<String>,
+        message: String,
+        /// How long the server asked us to wait before trying again.
+        retry_after: Option<std::time::Duration>,
+    },
+    /// An answer that is not the one PostgREST gives to this call: a redirect, an HTML page, a
+    /// success without the status or body the call must have. Something other than PostgREST
+    /// answered (a wrong URL, a captive portal, a proxy), so nothing can be taken as stored.
+    #[error("not PostgREST's answer: {0}")]
+    Unexpected(String),
     #[error("unexpected answer from PostgREST: {0}")]
     Decode(String),
 }
@@ -25,21 +36,37 @@ struct ApiBody {
 }
 
 impl Error {
+    /// The error a failed answer means: PostgREST's (or Supabase's gateway's) JSON error, or, for a
+    /// body that is not one, an answer from something else.
     pub(crate) fn from_response(status: u16, body: &[u8]) -> Self {
         match serde_json::from_slice::<ApiBody>(body) {
-            Ok(api) => {
+            Ok(api) if api.code.is_some() || api.message.is_some() => {
                 let mut message = api.message.unwrap_or_default();
                 for extra in [api.details, api.hint].into_iter().flatten() {
                     message.push_str("; ");
                     message.push_str(&extra);
                 }
-                Error::Api { status, code: api.code, message }
+                Error::Api { status, code: api.code, message, retry_after: None }
             }
-            Err(_) => Error::Api {
-                status,
-                code: None,
-                message: String::from_utf8_lossy(&body[..body.len().min(300)]).into_owned(),
-            },
+            // Cloudflare's and proxies' error pages are HTML: the status still tells an outage
+            // (5xx) from a refusal, and the rest is not PostgREST speaking.
+            _ if status >= 500 => Error::Api { status, code: None, message: snippet(body), retry_after: None },
+            _ => Error::Unexpected(format!("{status} with {}", snippet(body))),
+        }
+    }
+
+    pub(crate) fn with_retry_after(self, wait: Option<std::time::Duration>) -> Self {
+        match self {
+            Error::Api { status, code, message, .. } => Error::Api { status, code, message, retry_after: wait },
+            other => other,
+        }
+    }
+
+    /// How long the server asked to wait before the next try, if it said.
+    pub fn retry_after(&self) -> Option<std::time::Duration> {
+        match self {
+            Error::Api { retry_after, .. } => *retry_after,
+            _ => None,
         }
     }
 
@@ -48,7 +75,8 @@ impl Error {
     /// Transient: the request may succeed unchanged later — the network, a timeout, a gateway or
     /// PostgREST without a database (`PGRST000`–`PGRST003`), and SQLSTATE classes that mean the
     /// database was busy or restarting (08 connection, 40 rollback/deadlock, 53 resources, 57
-    /// operator intervention, 58 system), and a schema that is not there yet
+    /// operator intervention, 58 system), Cloudflare's 520-527, an answer that is not
+    /// PostgREST's ([`Error::Unexpected`]), and a schema that is not there yet
     /// ([`Error::is_schema_missing`]). Everything else (constraints, permissions) will fail the
     /// same way again, so the message is dead-lettered.
     pub fn is_transient(&self) -> bool {
@@ -56,14 +84,15 @@ impl Error {
             return true;
         }
         match self {
-            Error::Transport(_) | Error::Timeout(_) => true,
+            Error::Transport(_) | Error::Timeout(_) | Error::Unexpected(_) => true,
             Error::Decode(_) => false,
             Error::Api { status, code, .. } => match code.as_deref() {
                 Some("PGRST000" | "PGRST001" | "PGRST002" | "PGRST003") => true,
                 Some(c) if c.len() == 5 && !c.starts_with("PGRST") => {
                     matches!(&c[..2], "08" | "40" | "53" | "57" | "58")
                 }
-                _ => matches!(status, 408 | 429 | 500 | 502 | 503 | 504),
+                // 520-527: Cloudflare, in front of hosted Supabase, could not reach the origin.
+                _ => matches!(status, 408 | 429 | 500 | 502 | 503 | 504 | 520..=527),
             },
         }
     }
@@ -92,6 +121,7 @@ impl Error {
             }
             Error::Api { status: 403, .. } => "the key is not allowed to do this: use the service-role key, not anon",
             Error::Transport(_) | Error::Timeout(_) => "Supabase did not answer: check SUPABASE_URL and the project's status",
+            Error::Unexpected(_) => "something other than PostgREST answers at SUPABASE_URL/rest/v1: check SUPABASE_URL",
             e if e.is_transient() => "Supabase is unavailable or restarting; it should pass on its own",
             _ => "Supabase answered something unexpected; see the error",
         }
@@ -110,8 +140,14 @@ impl Error {
             Error::Timeout(_) => "timeout".into(),
             Error::Api { status, .. } => status.to_string().into(),
             Error::Decode(_) => "decode".into(),
+            Error::Unexpected(_) => "unexpected".into(),
         }
     }
+}
+
+/// At most 300 bytes of a body, for an error message.
+fn snippet(body: &[u8]) -> String {
+    String::from_utf8_lossy(&body[..body.len().min(300)]).into_owned()
 }
 
 #[cfg(test)]
@@ -130,6 +166,17 @@ mod tests {
         assert!(api(500, r#"{"code":"40P01","message":"deadlock detected"}"#).is_transient());
         assert!(api(503, r#"{"code":"57P01","message":"terminating connection due to administrator command"}"#).is_transient());
         assert!(Error::Timeout(std::time::Duration::from_secs(1)).is_transient());
+    }
+
+    #[test]
+    fn cloudflare_and_other_impostors_are_worth_retrying() {
+        for status in 520..=527 {
+            assert!(api(status, "<html>Cloudflare</html>").is_transient(), "{status}");
+        }
+        // A 200, 404 or 307 page from something that is not PostgREST stores nothing.
+        assert!(matches!(api(404, "<!doctype html><title>Not found</title>"), Error::Unexpected(_)));
+        assert!(api(404, "<!doctype html>").is_transient());
+        assert!(api(400, "{}").is_transient(), "an empty JSON object is not PostgREST's error");
     }
 
     #[test]

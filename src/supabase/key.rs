@@ -24,6 +24,10 @@ impl fmt::Debug for ServiceKey {
 impl ServiceKey {
     pub fn parse(raw: &str) -> Result<Self, String> {
         let raw = raw.trim();
+        // It goes into HTTP headers, which hold visible ASCII only. Said without the key itself.
+        if let Some(bad) = raw.chars().position(|c| !c.is_ascii_graphic()) {
+            return Err(format!("the key holds a character that cannot be sent (at position {bad}); copy it again"));
+        }
         if raw.starts_with("sb_secret_") {
             return Ok(ServiceKey::Secret(SecretString::from(raw.to_owned())));
         }

@@ -79,17 +79,30 @@ pub struct NewDeadLetter {
     received_at: Option<String>,
 }
 
+/// Marks a dead letter's payload that is kept as JSON text because jsonb cannot hold it as it is
+/// (a NUL character): `{"twilio_ingest_encoded": "json", "json": "<the params as JSON text>"}`.
+pub const ENCODED_PAYLOAD: &str = "twilio_ingest_encoded";
+
 impl NewDeadLetter {
+    /// A dead letter for `payload`. `message_sid` must be a SID of Twilio's shape (bounded, safe
+    /// to index); without one the letter is keyed by a hash of the payload. A payload jsonb cannot
+    /// hold is stored as its JSON text, which it can, so every signed message has a place.
     pub fn new(message_sid: Option<&str>, payload: &Value, error: String, error_kind: &'static str) -> Self {
         // serde_json's map is sorted, so equal payloads serialise, and hash, alike.
+        let text = payload.to_string();
         let dedupe_key = match message_sid {
             Some(sid) => sid.to_owned(),
-            None => format!("sha256:{}", hex::encode(<sha2::Sha256 as sha2::Digest>::digest(payload.to_string()))),
+            None => format!("sha256:{}", hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&text))),
+        };
+        let payload = if holds_nul(payload) {
+            serde_json::json!({ ENCODED_PAYLOAD: "json", "json": text })
+        } else {
+            payload.clone()
         };
         NewDeadLetter {
             message_sid: message_sid.map(str::to_owned),
             dedupe_key,
-            payload: payload.clone(),
+            payload,
             error,
             error_kind,
             received_at: None,
@@ -98,6 +111,16 @@ impl NewDeadLetter {
 
     pub fn received_at(self, received_at: String) -> Self {
         NewDeadLetter { received_at: Some(received_at), ..self }
+    }
+}
+
+/// Whether a key or string anywhere in `value` holds U+0000, which PostgreSQL cannot store.
+fn holds_nul(value: &Value) -> bool {
+    match value {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(items) => items.iter().any(holds_nul),
+        Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || holds_nul(v)),
+        _ => false,
     }
 }
 
@@ -170,6 +193,8 @@ pub struct Supabase {
 impl Supabase {
     pub fn new(supabase_url: &str, key: &ServiceKey) -> Self {
         let client = reqwest::Client::builder()
+            // A redirect would carry the key to wherever it points; it is answered as a failure.
+            .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(Duration::from_secs(2))
             .pool_idle_timeout(Duration::from_secs(60))
             .pool_max_idle_per_host(32)
@@ -228,7 +253,7 @@ impl Supabase {
         body.push(']');
         let mut request = template.try_clone().expect("the template's body is not a stream");
         *request.body_mut() = Some(body.into());
-        let answer = self.execute(request, None, timeout).await?;
+        let answer = self.execute(request, None, Expect::NoContent, timeout).await?;
         Ok(duplicates(answer.headers.get(DUPLICATES_HEADER)))
     }
 
@@ -236,7 +261,7 @@ impl Supabase {
     pub async fn insert_dead_letters(&self, letters: &[NewDeadLetter], timeout: Duration) -> Result<(), Error> {
         let body = serde_json::to_string(letters).expect("a dead letter is always serialisable");
         let request = self.table("dlq_jobs").on_conflict("dedupe_key").insert(body);
-        self.send(request, Some("return=minimal,resolution=ignore-duplicates"), timeout).await?;
+        self.send(request, Some("return=minimal,resolution=ignore-duplicates"), Expect::Created, timeout).await?;
         Ok(())
     }
 
@@ -253,7 +278,7 @@ impl Supabase {
             Err(why) => serde_json::json!({"replay_error": why}),
         };
         let request = self.table("dlq_jobs").eq("id", id).update(patch.to_string());
-        self.send(request, Some("return=minimal"), timeout).await?;
+        self.send(request, Some("return=minimal"), Expect::NoContent, timeout).await?;
         Ok(())
     }
 
@@ -264,7 +289,7 @@ impl Supabase {
         for (table, key) in TABLES.into_iter().zip(["phone_number", "id", "id"]) {
             // Not limit(0): postgrest-rs computes a range end of limit - 1.
             let request = self.table(table).select(key).limit(1);
-            self.send(request, None, timeout).await.map_err(|e| (format!("table {table}"), e))?;
+            self.send(request, None, Expect::Json, timeout).await.map_err(|e| (format!("table {table}"), e))?;
         }
         self.ingest_batch(&[], timeout).await.map_err(|e| ("function ingest_batch".to_owned(), e))?;
         self.ingest_jobs(&[], timeout).await.map_err(|e| ("function ingest_jobs".to_owned(), e))?;
@@ -290,17 +315,23 @@ impl Supabase {
 
     /// Sends `request` and decodes its JSON answer.
     async fn fetch<T: serde::de::DeserializeOwned>(&self, request: Builder, timeout: Duration) -> Result<T, Error> {
-        let answer = self.send(request, None, timeout).await?;
+        let answer = self.send(request, None, Expect::Json, timeout).await?;
         serde_json::from_slice(&answer.body).map_err(|e| Error::Decode(e.to_string()))
     }
 
-    async fn send(&self, request: Builder, prefer: Option<&'static str>, timeout: Duration) -> Result<Answer, Error> {
+    async fn send(&self, request: Builder, prefer: Option<&'static str>, expect: Expect, timeout: Duration) -> Result<Answer, Error> {
         let request = request.build().build().map_err(Error::Transport)?;
-        self.execute(request, prefer, timeout).await
+        self.execute(request, prefer, expect, timeout).await
     }
 
     /// Sends `request` within `timeout`, and records how long it took and how it ended.
-    async fn execute(&self, mut request: reqwest::Request, prefer: Option<&'static str>, timeout: Duration) -> Result<Answer, Error> {
+    async fn execute(
+        &self,
+        mut request: reqwest::Request,
+        prefer: Option<&'static str>,
+        expect: Expect,
+        timeout: Duration,
+    ) -> Result<Answer, Error> {
         let started = Instant::now();
         if let Some(prefer) = prefer {
             request.headers_mut().insert("Prefer", HeaderValue::from_static(prefer));
@@ -311,11 +342,21 @@ impl Supabase {
             let status = response.status();
             let headers = std::mem::take(response.headers_mut());
             let body = response.bytes().await.map_err(Error::Transport)?;
-            if status.is_success() {
-                Ok(Answer { headers, body })
-            } else {
-                Err(Error::from_response(status.as_u16(), &body))
+            if status.is_redirection() {
+                // Never followed: the next hop would get the key, and its answer would count.
+                let to = headers.get(reqwest::header::LOCATION).and_then(|l| l.to_str().ok()).unwrap_or("nowhere");
+                return Err(Error::Unexpected(format!("a redirect ({status}) to {}; not followed", clip(to))));
             }
+            if !status.is_success() {
+                let retry_after = headers
+                    .get(reqwest::header::RETRY_AFTER)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+                    .map(Duration::from_secs);
+                return Err(Error::from_response(status.as_u16(), &body).with_retry_after(retry_after));
+            }
+            expect.check(status.as_u16(), &headers, &body)?;
+            Ok(Answer { headers, body })
         })
         .await
         .unwrap_or(Err(Error::Timeout(timeout)));
@@ -330,6 +371,41 @@ impl Supabase {
         }
         result
     }
+}
+
+/// The one answer PostgREST gives to a call that worked; anything else came from something else.
+#[derive(Clone, Copy, Debug)]
+enum Expect {
+    /// 204 and no body: a void function, or an update with `return=minimal`.
+    NoContent,
+    /// 201 and no body: an insert with `return=minimal`.
+    Created,
+    /// 200 and a JSON body: a read, or a function that returns something.
+    Json,
+}
+
+impl Expect {
+    fn check(self, status: u16, headers: &HeaderMap, body: &[u8]) -> Result<(), Error> {
+        let json = headers
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("application/json") || v.starts_with("application/vnd.pgrst"));
+        let fits = match self {
+            Expect::NoContent => status == 204 && body.is_empty(),
+            Expect::Created => status == 201 && body.is_empty(),
+            Expect::Json => status == 200 && json,
+        };
+        if fits {
+            return Ok(());
+        }
+        let kind = headers.get(reqwest::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("no content type");
+        Err(Error::Unexpected(format!("{status} {}, {} bytes, where {self:?} was due", clip(kind), body.len())))
+    }
+}
+
+/// At most 120 characters of something an upstream sent, for an error message.
+fn clip(text: &str) -> &str {
+    text.char_indices().nth(120).map_or(text, |(end, _)| &text[..end])
 }
 
 fn endpoint_label(path: &str) -> &'static str {
@@ -377,6 +453,19 @@ mod tests {
         assert_eq!(key(None, json!({"a": "1", "b": "2"})), key(None, json!({"b": "2", "a": "1"})));
         assert_ne!(key(None, json!({"a": "1"})), key(None, json!({"a": "2"})));
         assert!(key(None, json!({})).starts_with("sha256:"));
+    }
+
+    #[test]
+    fn a_payload_jsonb_cannot_hold_is_kept_exactly_as_json_text() {
+        let payload = json!({"Body": "a\u{0}b", "From": "+14155550100"});
+        let letter = NewDeadLetter::new(None, &payload, "e".into(), "unusable");
+        assert_eq!(letter.payload[super::ENCODED_PAYLOAD], "json");
+        let text = letter.payload["json"].as_str().unwrap();
+        assert!(!text.contains('\0'), "the text itself holds no NUL");
+        assert_eq!(serde_json::from_str::<serde_json::Value>(text).unwrap(), payload);
+        // An ordinary payload is stored as it is.
+        let plain = json!({"Body": "hi"});
+        assert_eq!(NewDeadLetter::new(None, &plain, "e".into(), "unusable").payload, plain);
     }
 
     #[test]

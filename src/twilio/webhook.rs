@@ -92,8 +92,16 @@ pub enum Webhook {
 /// Why a signed webhook cannot become a job. Such a message is dead-lettered, never dropped.
 #[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
 pub enum Unusable {
-    #[error("no {0}: the webhook has no message id")]
-    MissingMessageSid(&'static str),
+    #[error("no MessageSid: the webhook has no message id")]
+    MissingMessageSid,
+    /// Twilio's SIDs have one shape. Since the signature joins keys and values with no separator,
+    /// a boundary moved in a captured request (`MessageSid=SM…NumMedia0`) keeps it valid: a
+    /// value of another shape was not written by Twilio.
+    #[error("{field} is not a Twilio SID ({expected}): {value:?}")]
+    MalformedSid { field: &'static str, expected: &'static str, value: String },
+    /// PostgreSQL's text and jsonb cannot hold U+0000.
+    #[error("param {0:?} holds a NUL character, which the database cannot store")]
+    NulCharacter(String),
     #[error("no sender: {0} is missing")]
     MissingSender(&'static str),
     #[error("{field} is not a phone number: {value:?}")]
@@ -102,34 +110,76 @@ pub enum Unusable {
     MissingConversationSid,
 }
 
-/// The message id under any of the names Twilio has given it.
+/// The message id under any of the names Twilio has given it, if it has a SID's shape: safe to
+/// log, to index and to key a dead letter by.
 pub fn message_sid(params: &Params) -> Option<&str> {
-    ["MessageSid", "SmsMessageSid", "SmsSid"].iter().find_map(|k| params.non_blank(k))
+    ["MessageSid", "SmsMessageSid", "SmsSid"].iter().find_map(|k| params.non_blank(k)).filter(|v| is_sid(v, &[]))
+}
+
+/// Two capital letters (the kind, one of `prefixes` when any are given) and 32 lowercase hex
+/// digits: `SM…`, `MM…`, `IM…`, `AC…`, `CH…`.
+pub fn is_sid(value: &str, prefixes: &[&str]) -> bool {
+    let bytes = value.as_bytes();
+    bytes.len() == 34
+        && bytes[..2].iter().all(u8::is_ascii_uppercase)
+        && bytes[2..].iter().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b))
+        && (prefixes.is_empty() || prefixes.iter().any(|p| value.starts_with(p)))
+}
+
+/// The value of `field`, which must be a SID of one of `prefixes`.
+fn sid<'a>(params: &'a Params, field: &'static str, prefixes: &[&str], expected: &'static str) -> Result<Option<&'a str>, Unusable> {
+    match params.non_blank(field) {
+        None => Ok(None),
+        Some(value) if is_sid(value, prefixes) => Ok(Some(value)),
+        Some(value) => Err(Unusable::MalformedSid { field, expected, value: clip(value) }),
+    }
+}
+
+/// At most 64 characters of a value, for an error that is logged and stored.
+fn clip(value: &str) -> String {
+    match value.char_indices().nth(64) {
+        Some((end, _)) => format!("{}…", &value[..end]),
+        None => value.to_owned(),
+    }
 }
 
 pub fn parse(params: &Params) -> Result<Webhook, Unusable> {
-    match params.non_blank("EventType") {
-        Some("onMessageAdded") => parse_conversations(params).map(Webhook::Message),
-        Some(event) => Ok(Webhook::Ignored { event: event.to_owned() }),
-        None => parse_messaging(params),
+    let webhook = match params.non_blank("EventType") {
+        Some("onMessageAdded") => Webhook::Message(parse_conversations(params)?),
+        Some(event) => return Ok(Webhook::Ignored { event: clip(event) }),
+        None => parse_messaging(params)?,
+    };
+    if let Some((key, _)) = params.pairs().iter().find(|(k, v)| k.contains('\0') || v.contains('\0')) {
+        return Err(Unusable::NulCharacter(clip(&key.replace('\0', "\\0"))));
     }
+    Ok(webhook)
 }
 
 fn parse_messaging(params: &Params) -> Result<Webhook, Unusable> {
     // A delivery status callback pointed here by mistake is genuine but carries no inbound message.
     if let Some(status) = params.non_blank("MessageStatus").or_else(|| params.non_blank("SmsStatus")) {
         if !status.eq_ignore_ascii_case("received") {
-            return Ok(Webhook::Ignored { event: format!("message status {status}") });
+            return Ok(Webhook::Ignored { event: format!("message status {}", clip(status)) });
         }
     }
-    let message_sid = message_sid(params).ok_or(Unusable::MissingMessageSid("MessageSid"))?;
+    let any_message_sid = ["MessageSid", "SmsMessageSid", "SmsSid"].iter().find_map(|k| params.non_blank(k));
+    // A Voice webhook pointed at this URL by mistake: a call, not a message.
+    if any_message_sid.is_none() && params.non_blank("CallSid").is_some() {
+        return Ok(Webhook::Ignored { event: "voice call".into() });
+    }
+    let message_sid = match any_message_sid {
+        None => return Err(Unusable::MissingMessageSid),
+        Some(sid) if is_sid(sid, &["SM", "MM"]) => sid,
+        Some(sid) => return Err(Unusable::MalformedSid { field: "MessageSid", expected: "SM or MM", value: clip(sid) }),
+    };
+    let account_sid = sid(params, "AccountSid", &["AC"], "AC")?;
     let from = params.non_blank("From").ok_or(Unusable::MissingSender("From"))?;
     let user_phone = E164::parse_address(from)
         .ok_or_else(|| Unusable::NotAPhoneNumber { field: "From", value: from.to_owned() })?;
     Ok(Webhook::Message(InboundMessage {
         kind: Kind::Dm,
         message_sid: message_sid.to_owned(),
-        account_sid: params.non_blank("AccountSid").map(str::to_owned),
+        account_sid: account_sid.map(str::to_owned),
         channel: from.to_owned(),
         user_phone,
         first_name: params.non_blank("ProfileName").map(str::to_owned),
@@ -142,22 +192,27 @@ fn messaging_content(params: &Params) -> ContentType {
         return ContentType::Location;
     }
     let count: usize = params.non_blank("NumMedia").and_then(|n| n.parse().ok()).unwrap_or(0);
-    let media = (0..count.min(10)).map(|i| {
-        params.get(&format!("MediaContentType{i}")).map_or(ContentType::Document, ContentType::of_mime)
-    });
-    ContentType::of_media(media).unwrap_or_else(|| text_or_empty(params))
+    // The kinds Twilio named; a media item without a content type says nothing of its kind.
+    let named: Vec<ContentType> =
+        (0..count.min(10)).filter_map(|i| params.non_blank(&format!("MediaContentType{i}")).map(ContentType::of_mime)).collect();
+    match ContentType::of_media(named) {
+        Some(kind) => kind,
+        None if count > 0 => ContentType::Document,
+        None => text_or_empty(params),
+    }
 }
 
 fn parse_conversations(params: &Params) -> Result<InboundMessage, Unusable> {
-    let message_sid = params.non_blank("MessageSid").ok_or(Unusable::MissingMessageSid("MessageSid"))?;
-    let conversation = params.non_blank("ConversationSid").ok_or(Unusable::MissingConversationSid)?;
+    let message_sid = sid(params, "MessageSid", &["IM"], "IM")?.ok_or(Unusable::MissingMessageSid)?;
+    let conversation = sid(params, "ConversationSid", &["CH"], "CH")?.ok_or(Unusable::MissingConversationSid)?;
+    let account_sid = sid(params, "AccountSid", &["AC"], "AC")?;
     let author = params.non_blank("Author").ok_or(Unusable::MissingSender("Author"))?;
     let user_phone = E164::parse_address(author)
         .ok_or_else(|| Unusable::NotAPhoneNumber { field: "Author", value: author.to_owned() })?;
     Ok(InboundMessage {
         kind: Kind::Group,
         message_sid: message_sid.to_owned(),
-        account_sid: params.non_blank("AccountSid").map(str::to_owned),
+        account_sid: account_sid.map(str::to_owned),
         channel: conversation.to_owned(),
         user_phone,
         first_name: None,
@@ -166,12 +221,12 @@ fn parse_conversations(params: &Params) -> Result<InboundMessage, Unusable> {
 }
 
 fn conversations_content(params: &Params) -> ContentType {
-    // `Media` is a JSON array of {Sid, ContentType, Filename, Size}.
-    let media = params
-        .non_blank("Media")
-        .and_then(|m| serde_json::from_str::<Value>(m).ok())
-        .and_then(|m| m.as_array().cloned())
-        .unwrap_or_default();
+    // `Media` is a JSON array of {Sid, ContentType, Filename, Size}; one item alone is read too.
+    let media = match params.non_blank("Media").and_then(|m| serde_json::from_str::<Value>(m).ok()) {
+        Some(Value::Array(items)) => items,
+        Some(item @ Value::Object(_)) => vec![item],
+        _ => Vec::new(),
+    };
     let kinds = media
         .iter()
         .map(|m| m.get("ContentType").and_then(Value::as_str).map_or(ContentType::Document, ContentType::of_mime));
@@ -199,7 +254,7 @@ mod tests {
 
     #[test]
     fn an_sms_is_a_dm_from_its_sender() {
-        let m = message(&[("MessageSid", "SM1"), ("From", "+14155550100"), ("To", "+14155550199"), ("Body", "hi")]);
+        let m = message(&[("MessageSid", "SM00000000000000000000000000000001"), ("From", "+14155550100"), ("To", "+14155550199"), ("Body", "hi")]);
         assert_eq!(m.kind, Kind::Dm);
         assert_eq!(m.user_phone.as_str(), "+14155550100");
         assert_eq!(m.channel, "+14155550100");
@@ -210,7 +265,7 @@ mod tests {
     #[test]
     fn a_whatsapp_dm_strips_the_prefix_and_names_the_user() {
         let m = message(&[
-            ("MessageSid", "SM2"),
+            ("MessageSid", "SM00000000000000000000000000000002"),
             ("From", "whatsapp:+14155550100"),
             ("ProfileName", "Ada"),
             ("WaId", "14155550100"),
@@ -224,7 +279,7 @@ mod tests {
     #[test]
     fn content_type_follows_media_and_location() {
         let mms = |types: &[&str]| {
-            let mut pairs = vec![("MessageSid".to_string(), "MM1".to_string()), ("From".into(), "+14155550100".into())];
+            let mut pairs = vec![("MessageSid".to_string(), "MM00000000000000000000000000000001".to_string()), ("From".into(), "+14155550100".into())];
             pairs.push(("NumMedia".into(), types.len().to_string()));
             for (i, t) in types.iter().enumerate() {
                 pairs.push((format!("MediaContentType{i}"), t.to_string()));
@@ -239,9 +294,9 @@ mod tests {
         assert_eq!(mms(&["application/pdf"]), ContentType::Document);
         assert_eq!(mms(&["text/vcard"]), ContentType::Contact);
         assert_eq!(mms(&["video/mp4"]), ContentType::Video);
-        let loc = message(&[("MessageSid", "SM3"), ("From", "+14155550100"), ("Latitude", "1.5"), ("Longitude", "2")]);
+        let loc = message(&[("MessageSid", "SM00000000000000000000000000000003"), ("From", "+14155550100"), ("Latitude", "1.5"), ("Longitude", "2")]);
         assert_eq!(loc.content_type, ContentType::Location);
-        let empty = message(&[("MessageSid", "SM4"), ("From", "+14155550100"), ("Body", "")]);
+        let empty = message(&[("MessageSid", "SM00000000000000000000000000000004"), ("From", "+14155550100"), ("Body", "")]);
         assert_eq!(empty.content_type, ContentType::Empty);
     }
 
@@ -249,33 +304,102 @@ mod tests {
     fn a_conversations_message_is_a_group_message_in_its_conversation() {
         let m = message(&[
             ("EventType", "onMessageAdded"),
-            ("ConversationSid", "CH123"),
-            ("MessageSid", "IM123"),
+            ("ConversationSid", "CH00000000000000000000000000000123"),
+            ("MessageSid", "IM00000000000000000000000000000123"),
             ("Author", "whatsapp:+447700900123"),
             ("Body", ""),
             ("Media", r#"[{"Sid":"ME1","ContentType":"audio/ogg","Filename":"a.ogg","Size":10}]"#),
         ]);
         assert_eq!(m.kind, Kind::Group);
-        assert_eq!(m.channel, "CH123");
+        assert_eq!(m.channel, "CH00000000000000000000000000000123");
         assert_eq!(m.user_phone.as_str(), "+447700900123");
         assert_eq!(m.content_type, ContentType::Audio);
     }
 
     #[test]
     fn other_conversations_events_and_status_callbacks_are_ignored() {
-        let p = Params::from_pairs([("EventType", "onConversationAdded"), ("ConversationSid", "CH1")]);
+        let p = Params::from_pairs([("EventType", "onConversationAdded"), ("ConversationSid", "CH00000000000000000000000000000001")]);
         assert_eq!(parse(&p).unwrap(), Webhook::Ignored { event: "onConversationAdded".into() });
-        let p = Params::from_pairs([("MessageSid", "SM1"), ("From", "+14155550100"), ("MessageStatus", "delivered")]);
+        let p = Params::from_pairs([("MessageSid", "SM00000000000000000000000000000001"), ("From", "+14155550100"), ("MessageStatus", "delivered")]);
         assert!(matches!(parse(&p).unwrap(), Webhook::Ignored { .. }));
     }
 
     #[test]
     fn a_message_without_a_usable_sender_is_unusable() {
-        let p = Params::from_pairs([("MessageSid", "SM1"), ("Body", "who am I")]);
+        let p = Params::from_pairs([("MessageSid", "SM00000000000000000000000000000001"), ("Body", "who am I")]);
         assert_eq!(parse(&p), Err(Unusable::MissingSender("From")));
-        let p = Params::from_pairs([("EventType", "onMessageAdded"), ("ConversationSid", "CH1"), ("MessageSid", "IM1"), ("Author", "alice")]);
+        let p = Params::from_pairs([("EventType", "onMessageAdded"), ("ConversationSid", "CH00000000000000000000000000000001"), ("MessageSid", "IM00000000000000000000000000000001"), ("Author", "alice")]);
         assert!(matches!(parse(&p), Err(Unusable::NotAPhoneNumber { field: "Author", .. })));
         let p = Params::from_pairs([("From", "+14155550100")]);
-        assert!(matches!(parse(&p), Err(Unusable::MissingMessageSid(_))));
+        assert!(matches!(parse(&p), Err(Unusable::MissingMessageSid)));
+    }
+
+    const SM: &str = "SM0123456789abcdef0123456789abcdef";
+
+    #[test]
+    fn only_a_sid_of_twilios_shape_is_a_message_id() {
+        for (field, value) in [
+            ("MessageSid", format!("{SM}NumMedia0")),
+            ("MessageSid", "SM0123456789ABCDEF0123456789ABCDEF".to_owned()),
+            ("MessageSid", "XX0123456789abcdef0123456789abcdef".to_owned()),
+            ("MessageSid", "x".repeat(10_000)),
+            ("AccountSid", "AC123".to_owned()),
+        ] {
+            let mut pairs = vec![("MessageSid".to_owned(), SM.to_owned()), ("From".into(), "+14155550100".into())];
+            pairs.retain(|(k, _)| k != field);
+            pairs.push((field.to_owned(), value.clone()));
+            match parse(&Params::from_pairs(pairs)) {
+                Err(Unusable::MalformedSid { field: f, value: shown, .. }) => {
+                    assert_eq!(f, field);
+                    assert!(shown.chars().count() <= 65, "the error carries {} characters", shown.len());
+                }
+                other => panic!("{field}={value:.40}: {other:?}"),
+            }
+        }
+        let group = |conversation: &str| {
+            parse(&Params::from_pairs([
+                ("EventType", "onMessageAdded"),
+                ("ConversationSid", conversation),
+                ("MessageSid", "IM0123456789abcdef0123456789abcdef"),
+                ("Author", "+14155550100"),
+            ]))
+        };
+        assert!(matches!(group("CH0123456789abcdef0123456789abcdef"), Ok(Webhook::Message(_))));
+        assert!(matches!(group("CH1"), Err(Unusable::MalformedSid { field: "ConversationSid", .. })));
+        assert_eq!(message_sid(&Params::from_pairs([("MessageSid", "SM1")])), None, "not for logs or keys");
+    }
+
+    #[test]
+    fn a_nul_character_in_any_param_makes_the_message_unusable() {
+        let p = Params::from_pairs([("MessageSid", SM), ("From", "+14155550100"), ("Body", "a\0b")]);
+        assert_eq!(parse(&p), Err(Unusable::NulCharacter("Body".into())));
+        let p = Params::from_pairs([("MessageSid", SM), ("From", "+14155550100"), ("X\0", "b")]);
+        assert!(matches!(parse(&p), Err(Unusable::NulCharacter(_))));
+    }
+
+    #[test]
+    fn a_voice_call_is_ignored_not_dead_lettered() {
+        let p = Params::from_pairs([("CallSid", "CA0123456789abcdef0123456789abcdef"), ("From", "+14155550100"), ("CallStatus", "ringing")]);
+        assert_eq!(parse(&p), Ok(Webhook::Ignored { event: "voice call".into() }));
+    }
+
+    #[test]
+    fn media_without_a_content_type_does_not_make_a_message_mixed() {
+        let p = Params::from_pairs([("MessageSid", SM), ("From", "+14155550100"), ("NumMedia", "2"), ("MediaContentType0", "image/jpeg")]);
+        assert!(matches!(parse(&p), Ok(Webhook::Message(InboundMessage { content_type: ContentType::Image, .. }))));
+        let p = Params::from_pairs([("MessageSid", SM), ("From", "+14155550100"), ("NumMedia", "1")]);
+        assert!(matches!(parse(&p), Ok(Webhook::Message(InboundMessage { content_type: ContentType::Document, .. }))));
+    }
+
+    #[test]
+    fn conversations_media_given_as_one_object_is_read() {
+        let m = message(&[
+            ("EventType", "onMessageAdded"),
+            ("ConversationSid", "CH0123456789abcdef0123456789abcdef"),
+            ("MessageSid", "IM0123456789abcdef0123456789abcdef"),
+            ("Author", "+14155550100"),
+            ("Media", r#"{"Sid":"ME1","ContentType":"video/mp4","Filename":"a.mp4","Size":10}"#),
+        ]);
+        assert_eq!(m.content_type, ContentType::Video);
     }
 }

@@ -104,6 +104,10 @@ language plpgsql
 volatile
 security invoker
 set search_path = ''
+-- Claimed and completed jobs leave dead entries at the front of the indexes claims walk, until
+-- vacuum comes. A plain index scan marks each dead entry it meets (LP_DEAD) so that later scans
+-- skip it; an index-only scan does not, and so would visit every one of them again on every claim.
+set enable_indexonlyscan = off
 as $$
 declare
     wanted integer;
@@ -178,25 +182,28 @@ begin
             locked_by = worker,
             locked_until = now() + make_interval(secs => lease_seconds)
         where j.id in (
+            -- Only the window's heads are fetched again by key, to be locked; the rest are not.
             select p.id
             from public.jobs as p
-            -- An array, so each is found by its key rather than by joining the table.
             where p.id = any (array(
                   select w.id
-                  from public.jobs as w
-                  where w.status = 'pending' and w.run_at <= now()
-                    and (source_types is null or w.source_type = any (source_types))
-                  order by w.run_at, w.received_at, w.id
-                  limit scan
+                  from (
+                      select w.id, w.source_channel_id, w.received_at, w.run_at
+                      from public.jobs as w
+                      where w.status = 'pending' and w.run_at <= now()
+                        and (source_types is null or w.source_type = any (source_types))
+                      order by w.run_at, w.received_at, w.id
+                      limit scan
+                  ) as w
+                  where not exists (
+                      select
+                      from public.jobs as earlier
+                      where earlier.source_channel_id = w.source_channel_id
+                        and earlier.status in ('pending', 'processing')
+                        and (earlier.received_at, earlier.id) < (w.received_at, w.id)
+                  )
               ))
               and p.status = 'pending'
-              and not exists (
-                  select
-                  from public.jobs as earlier
-                  where earlier.source_channel_id = p.source_channel_id
-                    and earlier.status in ('pending', 'processing')
-                    and (earlier.received_at, earlier.id) < (p.received_at, p.id)
-              )
             order by p.run_at, p.received_at, p.id
             limit wanted
             for update skip locked

@@ -4,6 +4,7 @@ mod helpers;
 
 mod faults;
 mod operations;
+mod promise;
 mod queue;
 mod toolchain;
 mod webhooks;

@@ -229,7 +229,7 @@ async fn a_message_that_waited_in_the_spool_keeps_its_place_in_its_channel() {
     let sender = unique_phone();
     let spool = temp_dir("spool");
     // Supabase is unreachable: the first message is acknowledged from the spool.
-    let down = spawn_app_at("http://127.0.0.1:1", KeyKind::Secret, &spool, Default::default(), &[("INGEST_DEADLINE_MS", "400")]).await;
+    let down = spawn_app_at("http://127.0.0.1:1", KeyKind::Secret, &spool, Default::default(), &[("INGEST_DEADLINE_MS", "600")]).await;
     let first = sms(&sender, "first");
     assert_eq!(down.post_signed(&first).await.status(), 200);
     assert_eq!(down.ingestor.spool_depth(), 1);

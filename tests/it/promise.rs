@@ -1,0 +1,275 @@
+//! A 200 is a promise: whatever the input, the disk or the spool's bytes do, nothing acknowledged
+//! is lost or stranded, and nothing refused is stored behind the caller's back.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use devstack::{FaultMode, FaultProxy, Grants, KeyKind, Stack};
+use twilio_ingest::ingest::Settings;
+use twilio_ingest::twilio::Params;
+
+use crate::helpers::*;
+
+/// Nothing listens there: every call fails at once, as in an outage.
+const DOWN: &str = "http://127.0.0.1:1";
+
+async fn spool_while_down(spool: &Path, messages: &[Params]) {
+    let app = spawn_app_at(DOWN, KeyKind::Secret, spool, Default::default(), &[("INGEST_DEADLINE_MS", "600")]).await;
+    for m in messages {
+        assert_eq!(app.post_signed(m).await.status(), 200);
+    }
+    assert_eq!(app.ingestor.spool_depth(), messages.len() as u64);
+    app.stop().await;
+}
+
+async fn replay(stack: &Stack, spool: &Path) {
+    let app = spawn_app_at(&stack.url(), KeyKind::Secret, spool, Default::default(), &[]).await;
+    assert!(app.wait_for_empty_spool(Duration::from_secs(30)).await, "the spool did not drain");
+    app.stop().await;
+}
+
+fn sid(params: &Params) -> String {
+    params.get("MessageSid").unwrap().to_owned()
+}
+
+/// Signed messages PostgreSQL cannot take as they are.
+fn poison() -> Vec<Params> {
+    let nul = {
+        let mut m = sms(&unique_phone(), "before\0after");
+        m = Params::from_pairs(m.pairs().iter().cloned());
+        m
+    };
+    let long_sid = {
+        let pairs = sms(&unique_phone(), "long").pairs().to_vec();
+        Params::from_pairs(pairs.into_iter().map(|(k, v)| if k == "MessageSid" { (k, "SM".to_owned() + &"a".repeat(10_000)) } else { (k, v) }))
+    };
+    // A captured message with a boundary moved: `MessageSid=SM…NumMedia0`, NumMedia removed.
+    let spliced = {
+        let pairs = sms(&unique_phone(), "spliced").pairs().to_vec();
+        let sid = pairs.iter().find(|(k, _)| k == "MessageSid").unwrap().1.clone();
+        Params::from_pairs(pairs.into_iter().filter(|(k, _)| k != "NumMedia").map(|(k, v)| {
+            if k == "MessageSid" {
+                (k, format!("{sid}NumMedia0"))
+            } else {
+                (k, v)
+            }
+        }))
+    };
+    vec![nul, long_sid, spliced]
+}
+
+#[tokio::test]
+async fn a_message_the_database_cannot_hold_is_dead_lettered_in_a_form_it_can() {
+    for grants in [Grants::Default, Grants::None] {
+        let stack = shared_stack(grants);
+        let app = spawn_app(stack, KeyKind::Secret).await;
+        for m in poison() {
+            let body = m.get("Body").unwrap().to_owned();
+            assert_eq!(app.post_signed(&m).await.status(), 200, "{grants:?}");
+            let marker = body.replace('\0', "");
+            let letters = count(stack, &format!("select count(*) from dlq_jobs where payload::text like '%{marker}%'"));
+            assert_eq!(letters, 1, "{grants:?}: {marker:?} is not dead-lettered once");
+            assert_eq!(count(stack, &format!("select count(*) from jobs where payload->>'Body' like '{marker}%'")), 0);
+        }
+        // The NUL message's params come back exactly from its dead letter.
+        let text = read_column(stack, "select payload->>'json' from dlq_jobs where payload ? 'twilio_ingest_encoded' and payload->>'json' like '%before%'");
+        let params: serde_json::Value = serde_json::from_str(text[0].as_deref().unwrap()).unwrap();
+        assert_eq!(params["Body"], "before\0after");
+        app.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn poison_in_the_spool_does_not_strand_the_messages_behind_it() {
+    let stack = shared_stack(Grants::None);
+    let spool = temp_dir("poison-spool");
+    let (first, last) = (sms(&unique_phone(), "before the poison"), sms(&unique_phone(), "after the poison"));
+    let mut messages = vec![first.clone()];
+    messages.extend(poison());
+    messages.push(last.clone());
+    spool_while_down(&spool, &messages).await;
+    replay(stack, &spool).await;
+    assert_each_stored_once(stack, &[sid(&first), sid(&last)]);
+    assert_eq!(count(stack, &format!("select count(*) from jobs where message_sid in ('{}', '{}')", sid(&first), sid(&last))), 2);
+}
+
+/// Offsets at which the records of a new-format segment start.
+fn record_starts(bytes: &[u8]) -> Vec<usize> {
+    bytes.windows(4).enumerate().filter(|(_, w)| *w == [0xFF, b'T', b'I', b'1']).map(|(i, _)| i).collect()
+}
+
+fn segments(spool: &Path) -> Vec<PathBuf> {
+    let mut found: Vec<PathBuf> = std::fs::read_dir(spool)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "records"))
+        .collect();
+    found.sort();
+    found
+}
+
+#[tokio::test]
+async fn damage_in_the_middle_of_a_spool_segment_costs_only_the_damaged_record() {
+    let stack = shared_stack(Grants::None);
+    let spool = temp_dir("damaged-spool");
+    let messages: Vec<Params> = (0..10).map(|i| sms(&unique_phone(), &format!("spooled {i}"))).collect();
+    spool_while_down(&spool, &messages).await;
+    let segment = segments(&spool).pop().unwrap();
+    let mut bytes = std::fs::read(&segment).unwrap();
+    let starts = record_starts(&bytes);
+    assert_eq!(starts.len(), 10);
+    // One flipped bit in record 5, and zeros where a crash left a tail.
+    bytes[starts[5] + 40] ^= 0x01;
+    bytes.extend(std::iter::repeat_n(0u8, 512));
+    std::fs::write(&segment, &bytes).unwrap();
+
+    replay(stack, &spool).await;
+    let survivors: Vec<String> = messages.iter().enumerate().filter(|(i, _)| *i != 5).map(|(_, m)| sid(m)).collect();
+    assert_each_stored_once(stack, &survivors);
+    assert_eq!(count(stack, &format!("select count(*) from jobs where message_sid = '{}'", sid(&messages[5]))), 0);
+    // The damaged bytes were moved aside, not deleted: the record and the zeros.
+    let quarantined: Vec<Vec<u8>> =
+        std::fs::read_dir(spool.join("quarantine")).unwrap().map(|e| std::fs::read(e.unwrap().path()).unwrap()).collect();
+    assert_eq!(quarantined.iter().map(Vec::len).sum::<usize>(), (starts[6] - starts[5]) + 512);
+    assert!(segments(&spool).is_empty(), "the replayed segment is gone");
+}
+
+#[test]
+fn a_second_service_on_the_same_spool_refuses_to_start_naming_spool_dir() {
+    let stack = shared_stack(Grants::None);
+    let spool = temp_dir("shared-spool");
+    let port = devstack::free_port();
+    let mut first = service_command(&stack.url(), KeyKind::Secret, &spool, port).spawn().unwrap();
+    wait_for_listener(port);
+    let second = service_command(&stack.url(), KeyKind::Secret, &spool, devstack::free_port()).output().unwrap();
+    let _ = first.kill();
+    let _ = first.wait();
+    assert!(!second.status.success());
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    let line = stderr.lines().find(|l| l.contains("SPOOL_DIR")).unwrap_or_else(|| panic!("{stderr}"));
+    assert!(line.contains("in use by another twilio-ingest process"), "{line}");
+}
+
+/// A tmpfs of its own, unmounted when dropped; None where this process may not mount (not root).
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(options: &str) -> Option<Tmpfs> {
+        let dir = temp_dir("tmpfs");
+        let mounted = Command::new("mount").args(["-t", "tmpfs", "-o", options, "tmpfs"]).arg(&dir).status();
+        if mounted.is_ok_and(|s| s.success()) {
+            Some(Tmpfs(dir))
+        } else {
+            eprintln!("skipped: cannot mount a tmpfs here (needs root)");
+            None
+        }
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[tokio::test]
+async fn a_read_only_spool_is_reported_by_check_and_readiness() {
+    let Some(disk) = Tmpfs::mount("size=1m,ro") else { return };
+    let stack = shared_stack(Grants::None);
+    let check = service_command(&stack.url(), KeyKind::Secret, &disk.0, 8080).arg("check").output().unwrap();
+    let stdout = String::from_utf8_lossy(&check.stdout);
+    assert!(!check.status.success());
+    assert!(stdout.contains("spool: PROBLEM: SPOOL_DIR") && stdout.contains("not writable"), "{stdout}");
+
+    // A spool that became read-only after start (a remount, a failing disk): not ready.
+    let Some(disk) = Tmpfs::mount("size=128m") else { return };
+    let app = spawn_app_at(&stack.url(), KeyKind::Secret, &disk.0, Default::default(), &[]).await;
+    assert_eq!(app.get("/readyz").await.status(), 200);
+    assert!(Command::new("mount").args(["-o", "remount,ro"]).arg(&disk.0).status().unwrap().success());
+    let not_ready = app.get("/readyz").await;
+    assert_eq!(not_ready.status(), 503);
+    assert!(not_ready.text().await.unwrap().contains("SPOOL_DIR"));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_full_disk_answers_503_truthfully_and_the_depth_stays_true() {
+    let Some(disk) = Tmpfs::mount("size=48k") else { return };
+    let stack = shared_stack(Grants::None);
+    let app = spawn_app_at(DOWN, KeyKind::Secret, &disk.0, Default::default(), &[("INGEST_DEADLINE_MS", "600")]).await;
+    let messages: Vec<Params> = (0..150).map(|i| sms(&unique_phone(), &format!("{i} {}", "x".repeat(400)))).collect();
+    let answers = futures_util::future::join_all(messages.iter().map(|m| app.post_signed(m))).await;
+    let (mut acknowledged, mut refused) = (Vec::new(), Vec::new());
+    for (m, answer) in messages.iter().zip(answers) {
+        match answer.status().as_u16() {
+            200 => acknowledged.push(sid(m)),
+            503 => refused.push(sid(m)),
+            other => panic!("answered {other}"),
+        }
+    }
+    assert!(!acknowledged.is_empty() && !refused.is_empty(), "{} acknowledged, {} refused", acknowledged.len(), refused.len());
+    assert_eq!(app.ingestor.spool_depth(), acknowledged.len() as u64, "the depth is what the disk holds");
+    app.stop().await;
+
+    replay(stack, &disk.0).await;
+    assert_each_stored_once(stack, &acknowledged);
+    let stored_anyway = count(stack, &format!("select count(*) from jobs where message_sid in ({})", sql_list(&refused)));
+    assert_eq!(stored_anyway, 0, "messages answered 503 were stored");
+}
+
+/// An app talking to `stack` through a fault proxy, with replay every 100 ms.
+async fn app_behind(proxy: &FaultProxy) -> TestApp {
+    let settings = Settings { replay_interval: Duration::from_millis(100), ..Settings::default() };
+    spawn_app_at(&format!("http://127.0.0.1:{}", proxy.port), KeyKind::LegacyJwt, &temp_dir("spool"), settings, &[("INGEST_DEADLINE_MS", "800")])
+        .await
+}
+
+/// Sends one message through a lying upstream: it must be acknowledged from the spool, with
+/// nothing in jobs or dlq_jobs that the lie claimed, readiness must fail saying why, and once the
+/// upstream tells the truth again the message is stored exactly once, never dead-lettered.
+async fn lie_then_truth(mode: FaultMode, readiness_says: &str) -> (Stack, FaultProxy, String) {
+    let stack = Stack::start(Grants::None).unwrap();
+    let proxy = FaultProxy::start(stack.gateway_port);
+    let app = app_behind(&proxy).await;
+    proxy.set(mode);
+    let message = sms(&unique_phone(), &format!("through {mode:?}"));
+    assert_eq!(app.post_signed(&message).await.status(), 200);
+    assert_eq!(app.ingestor.spool_depth(), 1, "{mode:?}: the lie was taken as stored");
+    let not_ready = app.get("/readyz").await;
+    assert_eq!(not_ready.status(), 503, "{mode:?}");
+    let body = not_ready.text().await.unwrap();
+    assert!(body.contains(readiness_says), "{mode:?}: {body}");
+
+    proxy.set(FaultMode::Pass);
+    assert!(app.wait_for_empty_spool(Duration::from_secs(20)).await, "{mode:?}: the spool did not drain");
+    assert_each_stored_once(&stack, &[sid(&message)]);
+    assert_eq!(count(&stack, "select count(*) from dlq_jobs"), 0, "{mode:?}: dead-lettered");
+    assert_eq!(app.get("/readyz").await.status(), 200);
+    app.stop().await;
+    (stack, proxy, sid(&message))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redirect_is_never_followed_and_the_key_never_leaves() {
+    let (_, proxy, _) = lie_then_truth(FaultMode::Redirect, "a redirect (307").await;
+    assert_eq!(proxy.trap_visits(), 0, "the other origin was visited, key and all");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_200_html_page_is_not_taken_for_a_write() {
+    lie_then_truth(FaultMode::Html, "not PostgREST's answer").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cloudflares_522_is_an_outage_not_a_refusal() {
+    lie_then_truth(FaultMode::Cloudflare522, "522").await;
+}
+
+/// The worst lie: the batch committed, and the answer said it failed. The message is spooled
+/// and replayed as a duplicate: in jobs once, never also in dlq_jobs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_522_after_the_commit_leaves_the_message_in_jobs_once_and_not_dead_lettered() {
+    let (stack, _, sid) = lie_then_truth(FaultMode::Cloudflare522AfterCommit, "522").await;
+    assert_eq!(count(&stack, &format!("select count(*) from jobs where message_sid = '{sid}'")), 1);
+}
