@@ -3,18 +3,17 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, OriginalUri, State};
+use axum::body::Body;
+use axum::extract::{OriginalUri, State};
 use axum::http::{header, HeaderMap, HeaderValue, Request, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use metrics_exporter_prometheus::PrometheusHandle;
 use secrecy::SecretString;
-use tower::limit::ConcurrencyLimitLayer;
+use tokio::sync::Semaphore;
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::timeout::RequestBodyTimeoutLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 use tracing::field::Empty;
@@ -26,11 +25,18 @@ use crate::twilio::{signature, PublicUrl};
 /// Far above any Twilio webhook (a Conversations message with attributes is a few KiB).
 pub const BODY_LIMIT: usize = 256 * 1024;
 pub const WEBHOOK_PATH: &str = "/webhooks/twilio";
-/// Webhooks handled at once; more wait for a slot (their connections are not refused or answered
-/// with an error, which Twilio would not retry), so memory stays bounded under a flood.
+/// Genuine webhooks handled at once; more wait for a slot (their connections are not refused or
+/// answered with an error, which Twilio would not retry), so memory stays bounded under a flood.
+/// A slot is taken only once the body has arrived and its signature is checked, so slow or forged
+/// requests cannot use up the capacity genuine webhooks need.
 const MAX_IN_FLIGHT: usize = 2_048;
-/// A client that trickles its body cannot hold a connection longer than this.
-const BODY_TIMEOUT: Duration = Duration::from_secs(10);
+/// The whole body must arrive within this long from the end of the headers, however it trickles:
+/// a fixed budget, not one that restarts with every byte.
+const BODY_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest `X-Request-Id` taken from a client; a longer or odd one is replaced by a fresh one.
+const MAX_REQUEST_ID: usize = 64;
+/// Longest URL or reason one log line carries from a request.
+const MAX_LOGGED: usize = 256;
 const EMPTY_TWIML: &str = r#"<?xml version="1.0" encoding="UTF-8"?><Response></Response>"#;
 
 /// Shared by every request behind one `Arc`: axum clones the state for each request, and a clone
@@ -38,8 +44,9 @@ const EMPTY_TWIML: &str = r#"<?xml version="1.0" encoding="UTF-8"?><Response></R
 pub(crate) struct AppState {
     pub ingestor: Ingestor,
     pub supabase: Supabase,
-    pub verifier: Arc<Verifier>,
+    pub verifier: Verifier,
     pub metrics: PrometheusHandle,
+    pub slots: Semaphore,
 }
 
 /// What a request is checked against before anything is parsed or stored.
@@ -49,16 +56,19 @@ pub(crate) struct Verifier {
     pub account_sid: Option<String>,
 }
 
+pub(crate) fn slots() -> Semaphore {
+    Semaphore::new(MAX_IN_FLIGHT)
+}
+
 pub(crate) fn router(state: AppState) -> Router {
     Router::new()
-        .route(WEBHOOK_PATH, post(twilio_webhook).layer(ConcurrencyLimitLayer::new(MAX_IN_FLIGHT)))
+        .route(WEBHOOK_PATH, post(twilio_webhook))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .layer(DefaultBodyLimit::max(BODY_LIMIT))
-        .layer(RequestBodyTimeoutLayer::new(BODY_TIMEOUT))
         .layer(
             ServiceBuilder::new()
+                .layer(axum::middleware::map_request(drop_unfit_request_id))
                 .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
                 .layer(TraceLayer::new_for_http().make_span_with(request_span))
                 .layer(PropagateRequestIdLayer::x_request_id())
@@ -67,12 +77,29 @@ pub(crate) fn router(state: AppState) -> Router {
         .with_state(Arc::new(state))
 }
 
+/// A client's `X-Request-Id` is echoed back and logged, so only a short, plain one is kept; any
+/// other is dropped, and a fresh one is made in its place.
+async fn drop_unfit_request_id<B>(mut request: Request<B>) -> Request<B> {
+    let fit = |id: &[u8]| {
+        (1..=MAX_REQUEST_ID).contains(&id.len()) && id.iter().all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(b))
+    };
+    if request.headers().get("x-request-id").is_some_and(|id| !fit(id.as_bytes())) {
+        request.headers_mut().remove("x-request-id");
+    }
+    request
+}
+
+/// At most [`MAX_LOGGED`] characters of something a client sent, for a log line.
+fn clip(text: &str) -> &str {
+    text.char_indices().nth(MAX_LOGGED).map_or(text, |(end, _)| &text[..end])
+}
+
 fn request_span<B>(request: &Request<B>) -> tracing::Span {
     let request_id = request.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("");
     tracing::info_span!(
         "request",
         method = %request.method(),
-        path = %request.uri().path(),
+        path = %clip(request.uri().path()),
         request_id,
         message_sid = Empty,
         account_sid = Empty,
@@ -89,11 +116,23 @@ async fn twilio_webhook(
     State(state): State<Arc<AppState>>,
     OriginalUri(uri): OriginalUri,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Response {
     let arrival = Arrival::now();
     let received = arrival.instant;
     let span = tracing::Span::current();
+    let body = match tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, BODY_LIMIT)).await {
+        Ok(Ok(body)) => body,
+        Ok(Err(_)) => {
+            span.record("outcome", "too_large");
+            return finish(received, "too_large", (StatusCode::PAYLOAD_TOO_LARGE, "body too large\n").into_response());
+        }
+        Err(_) => {
+            span.record("outcome", "slow_body");
+            tracing::warn!(?BODY_TIMEOUT, "the body did not arrive in time");
+            return finish(received, "slow_body", (StatusCode::REQUEST_TIMEOUT, "body too slow\n").into_response());
+        }
+    };
     let path_and_query = uri.path_and_query().map_or(WEBHOOK_PATH, |p| p.as_str());
     let signature = headers.get("x-twilio-signature").and_then(|v| v.to_str().ok());
     let verifier = &state.verifier;
@@ -102,9 +141,14 @@ async fn twilio_webhook(
         Ok(params) => params,
         Err(reason) => {
             span.record("outcome", "forged");
-            tracing::warn!(%reason, url = %verifier.public_url.join(path_and_query), "refused a webhook");
+            let url = verifier.public_url.join(path_and_query);
+            tracing::warn!(reason = %clip(&reason.to_string()), url = %clip(&url), "refused a webhook");
             return finish(received, "forged", (StatusCode::FORBIDDEN, "invalid Twilio signature\n").into_response());
         }
+    };
+    // Genuine from here on: only now does the request take one of the slots genuine webhooks share.
+    let Ok(_slot) = state.slots.acquire().await else {
+        return finish(received, "failed", (StatusCode::SERVICE_UNAVAILABLE, "try again\n").into_response());
     };
     let account_sid = params.get("AccountSid");
     span.record("account_sid", account_sid.unwrap_or(""));

@@ -3,6 +3,7 @@
 //! `main.rs` parses the command line; everything else lives here so tests start the very same app.
 
 pub mod config;
+mod connection;
 pub mod dlq;
 mod http;
 pub mod ingest;
@@ -32,6 +33,8 @@ use crate::supabase::Supabase;
 
 /// A client must send its request headers within this long.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// Requests one HTTP/2 connection may have open at once.
+const MAX_STREAMS: u32 = 64;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -68,12 +71,13 @@ impl Application {
         let state = http::AppState {
             ingestor: ingestor.clone(),
             supabase,
-            verifier: Arc::new(http::Verifier {
+            verifier: http::Verifier {
                 public_url: config.public_url.clone(),
                 tokens: config.auth_tokens.clone(),
                 account_sid: config.account_sid.clone(),
-            }),
+            },
             metrics: telemetry::metrics(),
+            slots: http::slots(),
         };
         Ok(Application { listener, router: http::router(state), ingestor, workers, drain_limit })
     }
@@ -95,9 +99,18 @@ impl Application {
         let Application { listener, router, ingestor, workers, drain_limit } = self;
         let mut connections = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
         connections.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_TIMEOUT);
+        // One HTTP/2 connection must not stand for thousands of requests.
+        connections.http2().timer(TokioTimer::new()).max_concurrent_streams(MAX_STREAMS);
         let graceful = GracefulShutdown::new();
+        // Below the open-file limit, whatever clients do: past it, new connections wait in the
+        // listen backlog instead of failing accept() in a loop.
+        let open = Arc::new(tokio::sync::Semaphore::new(connection::max_connections()));
         tokio::pin!(shutdown);
         loop {
+            let permit = tokio::select! {
+                () = &mut shutdown => break,
+                permit = open.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
+            };
             tokio::select! {
                 () = &mut shutdown => break,
                 accepted = listener.accept() => {
@@ -113,10 +126,12 @@ impl Application {
                     // Answers are small and latency is what Twilio waits on: no Nagle delay.
                     let _ = stream.set_nodelay(true);
                     let service = TowerToHyperService::new(router.clone());
-                    let connection = connections.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
+                    let stream = TokioIo::new(connection::Idle::new(stream));
+                    let connection = connections.serve_connection_with_upgrades(stream, service).into_owned();
                     let connection = graceful.watch(connection);
                     tokio::spawn(async move {
                         let _ = connection.await;
+                        drop(permit);
                     });
                 }
             }

@@ -112,10 +112,19 @@ impl Spool {
         let io_error = |source| OpenError::Io { dir: dir.display().to_string(), source };
         fs::create_dir_all(dir).map_err(io_error)?;
         let lock = OpenOptions::new().create(true).truncate(false).write(true).open(dir.join(LOCK_FILE)).map_err(io_error)?;
-        match lock.try_lock() {
-            Ok(()) => {}
-            Err(fs::TryLockError::WouldBlock) => return Err(OpenError::Locked(dir.display().to_string())),
-            Err(fs::TryLockError::Error(e)) => return Err(io_error(e)),
+        // A moment's grace: an owner in this process (an app being rebuilt) lets go of the lock
+        // when its writer thread ends, just after its last handle is dropped.
+        let mut tries = 0;
+        loop {
+            match lock.try_lock() {
+                Ok(()) => break,
+                Err(fs::TryLockError::WouldBlock) if tries < 20 => {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                Err(fs::TryLockError::WouldBlock) => return Err(OpenError::Locked(dir.display().to_string())),
+                Err(fs::TryLockError::Error(e)) => return Err(io_error(e)),
+            }
         }
         let existing = segments(dir).map_err(io_error)?;
         let next_seq = existing.last().map_or(0, |(seq, _)| seq + 1);

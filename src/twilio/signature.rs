@@ -24,7 +24,14 @@ pub enum SignatureError {
     Mismatch,
     #[error("the body does not match its bodySHA256")]
     BodyHashMismatch,
+    #[error("{0} form params, far more than any webhook Twilio sends")]
+    Implausible(usize),
 }
+
+/// Far more params than any Twilio webhook carries (a Messaging webhook with ten media has under
+/// sixty). A body with more is refused before it is decoded and sorted, so that forged bodies of
+/// `a&a&a&…` cost a count of bytes, not the work a genuine webhook gets.
+pub const MAX_PARAMS: usize = 512;
 
 /// The base URL Twilio calls, as configured: TLS ends at the proxy, so the request itself cannot tell
 /// the scheme or host that Twilio signed.
@@ -128,6 +135,12 @@ pub fn verify(
     let header = header.map(str::trim).filter(|h| !h.is_empty()).ok_or(SignatureError::Missing)?;
     let query = path_and_query.split_once('?').map_or("", |(_, q)| q);
     let body_hash = form_urlencoded::parse(query.as_bytes()).find(|(k, _)| k == "bodySHA256").map(|(_, v)| v);
+    if body_hash.is_none() {
+        let params = body.iter().filter(|&&b| b == b'&').count() + 1;
+        if params > MAX_PARAMS {
+            return Err(SignatureError::Implausible(params));
+        }
+    }
 
     // A JSON body is covered by its hash, not by the HMAC, which then spans the URL alone.
     let signed_params = if body_hash.is_some() { Params::default() } else { Params::from_form(body) };
@@ -177,6 +190,19 @@ mod tests {
 
     fn form(params: &Params) -> Vec<u8> {
         form_urlencoded::Serializer::new(String::new()).extend_pairs(params.pairs()).finish().into_bytes()
+    }
+
+    #[test]
+    fn a_body_of_implausibly_many_params_is_refused_before_it_is_decoded() {
+        let url = PublicUrl::parse("https://example.com").unwrap();
+        let body = "a&".repeat(100_000);
+        let tokens = [SecretString::from("12345".to_owned())];
+        assert!(matches!(verify(&url, "/hook", Some("sig"), body.as_bytes(), &tokens), Err(SignatureError::Implausible(100_001))));
+        // A JSON body is covered by its hash, and its ampersands are text.
+        let json = format!(r#"{{"Body":"{}"}}"#, "&".repeat(1_000));
+        let hash = hex::encode(Sha256::digest(json.as_bytes()));
+        let path = format!("/hook?bodySHA256={hash}");
+        assert!(!matches!(verify(&url, &path, Some("sig"), json.as_bytes(), &tokens), Err(SignatureError::Implausible(_))));
     }
 
     #[test]

@@ -149,8 +149,7 @@ impl Service {
     }
 
     fn signal(&self, signal: i32) {
-        // SAFETY: kill with the pid of our own child.
-        unsafe { libc::kill(self.child.id() as i32, signal) };
+        devstack::signal(self.child.id(), signal);
     }
 }
 

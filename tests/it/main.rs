@@ -2,6 +2,7 @@
 
 mod helpers;
 
+mod edge;
 mod faults;
 mod operations;
 mod promise;

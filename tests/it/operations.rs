@@ -126,8 +126,7 @@ async fn logs_never_show_the_auth_token_or_the_service_key_even_at_trace() {
             assert!(status == 200 || status == 403);
         }
         let _ = client.get(format!("http://127.0.0.1:{port}/readyz")).send().await;
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        devstack::signal(child.id(), libc::SIGTERM);
         child.wait().unwrap();
         let text = std::fs::read_to_string(&log).unwrap();
         assert!(text.contains("webhook handled") && text.contains("refused a webhook"), "the log has the events:\n{text}");

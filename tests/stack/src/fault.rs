@@ -25,7 +25,8 @@ pub enum FaultMode {
     /// Answer Cloudflare's `522` (origin unreachable) without passing the request on.
     Cloudflare522 = 5,
     /// Pass the request on, wait for the upstream's whole answer (so it has committed), then answer
-    /// `522` instead of it.
+    /// `522` instead of it. Every lie closes its connection, so a change of mode applies to the
+    /// next request.
     Cloudflare522AfterCommit = 6,
 }
 
@@ -107,7 +108,7 @@ async fn handle(mut client: TcpStream, upstream: u16, trap_port: u16, mode: u8, 
             while let Some(request) = read_request(&mut client).await {
                 let path = request_path(&request);
                 let answer = format!(
-                    "HTTP/1.1 307 Temporary Redirect\r\nLocation: http://127.0.0.1:{trap_port}{path}\r\nContent-Length: 0\r\n\r\n"
+                    "HTTP/1.1 307 Temporary Redirect\r\nLocation: http://127.0.0.1:{trap_port}{path}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
                 );
                 if client.write_all(answer.as_bytes()).await.is_err() {
                     break;
@@ -116,7 +117,10 @@ async fn handle(mut client: TcpStream, upstream: u16, trap_port: u16, mode: u8, 
         }
         m if m == FaultMode::Html as u8 => {
             while read_request(&mut client).await.is_some() {
-                let answer = format!("HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: {}\r\n\r\n{page}", page.len());
+                let answer = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{page}",
+                    page.len()
+                );
                 if client.write_all(answer.as_bytes()).await.is_err() {
                     break;
                 }
@@ -136,7 +140,10 @@ async fn handle(mut client: TcpStream, upstream: u16, trap_port: u16, mode: u8, 
                     let _ = server.read_to_end(&mut answer).await;
                 }
                 let body = "<html><title>522: Connection timed out</title></html>";
-                let answer = format!("HTTP/1.1 522 \r\nContent-Type: text/html\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+                let answer = format!(
+                    "HTTP/1.1 522 \r\nContent-Type: text/html\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
                 if client.write_all(answer.as_bytes()).await.is_err() {
                     break;
                 }

@@ -23,6 +23,7 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
 pub use fault::{FaultMode, FaultProxy};
+pub use process::signal;
 
 /// The local CLI's public demo JWT secret (for local use only).
 pub const JWT_SECRET: &str = "super-secret-jwt-token-with-at-least-32-characters-long";

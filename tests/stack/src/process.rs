@@ -140,3 +140,11 @@ pub fn http_get_status(port: u16, path: &str, headers: &[(&str, &str)]) -> Optio
     let _ = stream.read_to_string(&mut response);
     response.split_whitespace().nth(1)?.parse().ok()
 }
+
+/// Sends `signal` to process `pid`, as `kill(1)` would: the tests' one way to signal a process.
+pub fn signal(pid: u32, signal: i32) {
+    // SAFETY: kill has no memory-safety preconditions; a stale pid at worst signals nothing.
+    unsafe {
+        libc::kill(pid as i32, signal);
+    }
+}
