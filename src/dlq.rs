@@ -8,41 +8,67 @@ use crate::twilio::Params;
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 
+/// What re-driving dead letters came to.
 #[derive(Debug, Default)]
-pub struct ReplayReport {
+pub struct RedriveReport {
     /// Dead letters that are now jobs (or were already).
     pub replayed: Vec<String>,
     /// Dead letters that still cannot become jobs, with why.
     pub still_failing: Vec<(String, String)>,
 }
 
-pub async fn pending(supabase: &Supabase, limit: usize) -> Result<Vec<DeadLetter>, Error> {
-    supabase.pending_dead_letters(limit, TIMEOUT).await
+/// Up to `limit` dead letters waiting, oldest first, and how many wait in all.
+pub async fn pending(supabase: &Supabase, limit: usize) -> Result<(Vec<DeadLetter>, u64), Error> {
+    let mut letters = supabase.pending_dead_letters(false, None, limit, TIMEOUT).await?;
+    if letters.len() < limit {
+        letters.extend(supabase.pending_dead_letters(true, None, limit - letters.len(), TIMEOUT).await?);
+    }
+    Ok((letters, supabase.count_pending_dead_letters(TIMEOUT).await?))
 }
 
-/// Replays up to `limit` pending dead letters, oldest first. Idempotent: a replayed letter is
+/// Tries up to `limit` pending dead letters: first those never tried again, then those an earlier
+/// replay failed on, each oldest first, a page at a time. So letters that keep failing (however
+/// many) never hide newer ones that a fix has made replayable. Idempotent: a replayed letter is
 /// marked and not read again, and a MessageSid that already has a job does not get a second.
-pub async fn replay(supabase: &Supabase, limit: usize) -> Result<ReplayReport, Error> {
-    let mut report = ReplayReport::default();
-    for letter in supabase.pending_dead_letters(limit, TIMEOUT).await? {
-        let payload = decoded(&letter.payload);
-        let outcome = match payload.as_object().map(Params::from_object) {
-            None => Err("the payload is not an object".to_owned()),
-            Some(params) => match classify(&params, arrival_of(&letter)) {
-                Classified::Ignored => Ok(()),
-                Classified::Unusable(letter) => Err(letter.why.to_string()),
-                Classified::Job { job, .. } => {
-                    supabase.ingest_batch(&[&job], TIMEOUT).await.map(drop).map_err(|e| e.to_string())
+pub async fn replay(supabase: &Supabase, limit: usize) -> Result<RedriveReport, Error> {
+    const PAGE: usize = 100;
+    let mut report = RedriveReport::default();
+    // The letters this run tried in its first pass are "tried" by the second: not again.
+    let mut seen = std::collections::HashSet::new();
+    let mut left = limit;
+    for tried in [false, true] {
+        let mut after: Option<DeadLetter> = None;
+        while left > 0 {
+            let page = supabase.pending_dead_letters(tried, after.as_ref(), left.min(PAGE), TIMEOUT).await?;
+            let Some(last) = page.last().cloned() else { break };
+            for letter in page {
+                if seen.insert(letter.id.clone()) && left > 0 {
+                    left -= 1;
+                    redrive(supabase, letter, &mut report).await?;
                 }
-            },
-        };
-        supabase.mark_dead_letter(&letter.id, outcome.as_ref().map(|_| ()).map_err(String::as_str), TIMEOUT).await?;
-        match outcome {
-            Ok(()) => report.replayed.push(letter.id),
-            Err(why) => report.still_failing.push((letter.id, why)),
+            }
+            after = Some(last);
         }
     }
     Ok(report)
+}
+
+async fn redrive(supabase: &Supabase, letter: DeadLetter, report: &mut RedriveReport) -> Result<(), Error> {
+    let payload = decoded(&letter.payload);
+    let outcome = match payload.as_object().map(Params::from_object) {
+        None => Err("the payload is not an object".to_owned()),
+        Some(params) => match classify(&params, arrival_of(&letter)) {
+            Classified::Ignored => Ok(()),
+            Classified::Unusable(letter) => Err(letter.why.to_string()),
+            Classified::Job { job, .. } => supabase.ingest_batch(&[&job], TIMEOUT).await.map(drop).map_err(|e| e.to_string()),
+        },
+    };
+    supabase.mark_dead_letter(&letter.id, outcome.as_ref().map(|_| ()).map_err(String::as_str), TIMEOUT).await?;
+    match outcome {
+        Ok(()) => report.replayed.push(letter.id),
+        Err(why) => report.still_failing.push((letter.id, why)),
+    }
+    Ok(())
 }
 
 /// When a dead letter's webhook arrived, so its job takes its place in its channel's order; the

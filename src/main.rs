@@ -64,12 +64,15 @@ enum JobsCommand {
 enum DlqCommand {
     /// List dead letters not yet replayed, oldest first.
     List {
-        #[arg(long, default_value_t = 50)]
+        /// How many to show, 1 to 10000.
+        #[arg(long, default_value_t = 50, value_parser = limit)]
         limit: usize,
     },
-    /// Re-drive dead letters into jobs once their cause is fixed; safe to run twice.
+    /// Re-drive dead letters into jobs once their cause is fixed; safe to run twice. Letters never
+    /// tried again go first, so those that keep failing never hide newer ones.
     Replay {
-        #[arg(long, default_value_t = 1000)]
+        /// How many to try, 1 to 10000.
+        #[arg(long, default_value_t = 1000, value_parser = limit)]
         limit: usize,
     },
 }
@@ -285,7 +288,7 @@ async fn dlq_command(config: &Config, command: DlqCommand) -> anyhow::Result<()>
     let supabase = Supabase::new(&config.supabase_url, &config.service_key);
     match command {
         DlqCommand::List { limit } => {
-            let letters = dlq::pending(&supabase, limit).await?;
+            let (letters, waiting) = dlq::pending(&supabase, limit).await?;
             for l in &letters {
                 println!(
                     "{}  {}  {:<11}  {}  {}{}",
@@ -297,7 +300,7 @@ async fn dlq_command(config: &Config, command: DlqCommand) -> anyhow::Result<()>
                     l.replay_error.as_deref().map(|e| format!("  (last replay: {e})")).unwrap_or_default()
                 );
             }
-            println!("{} dead letter(s) waiting", letters.len());
+            println!("{waiting} dead letter(s) waiting{}", if waiting > letters.len() as u64 { format!(", the oldest {} shown", letters.len()) } else { String::new() });
         }
         DlqCommand::Replay { limit } => {
             let report = dlq::replay(&supabase, limit).await?;
@@ -324,4 +327,12 @@ async fn jobs_command(config: &Config, command: JobsCommand) -> anyhow::Result<(
         }
     }
     Ok(())
+}
+
+/// `--limit`: a count from 1 to 10,000.
+fn limit(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(n) if (1..=10_000).contains(&n) => Ok(n),
+        _ => Err(format!("{text:?} is not a number from 1 to 10000")),
+    }
 }

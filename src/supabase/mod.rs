@@ -265,10 +265,38 @@ impl Supabase {
         Ok(())
     }
 
-    /// Dead letters not yet replayed, oldest first.
-    pub async fn pending_dead_letters(&self, limit: usize, timeout: Duration) -> Result<Vec<DeadLetter>, Error> {
-        let request = self.table("dlq_jobs").select("*").is("replayed_at", "null").order("created_at.asc").limit(limit);
-        self.fetch(request, timeout).await
+    /// Dead letters not yet replayed, oldest first: those never tried again when `tried` is
+    /// false, those a replay already failed on when it is true; after `after` (the last letter
+    /// of the previous page) when given.
+    pub async fn pending_dead_letters(
+        &self,
+        tried: bool,
+        after: Option<&DeadLetter>,
+        limit: usize,
+        timeout: Duration,
+    ) -> Result<Vec<DeadLetter>, Error> {
+        let request = self.table("dlq_jobs").select("*").is("replayed_at", "null");
+        let mut request = if tried { request.not("is", "replay_error", "null") } else { request.is("replay_error", "null") };
+        if let Some(last) = after {
+            let (at, id) = (&last.created_at, &last.id);
+            // Quoted: a timestamp holds the dots and colons PostgREST's filter syntax uses.
+            request = request.or(format!(r#"created_at.gt."{at}",and(created_at.eq."{at}",id.gt.{id})"#));
+        }
+        self.fetch(request.order("created_at.asc,id.asc").limit(limit), timeout).await
+    }
+
+    /// How many dead letters wait to be replayed.
+    pub async fn count_pending_dead_letters(&self, timeout: Duration) -> Result<u64, Error> {
+        let request = self.table("dlq_jobs").select("id").is("replayed_at", "null").exact_count().limit(1);
+        let answer = self.send(request, None, Expect::Json, timeout).await?;
+        // `Content-Range: 0-0/1234`, or `*/0` when there are none.
+        answer
+            .headers
+            .get(reqwest::header::CONTENT_RANGE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.rsplit('/').next())
+            .and_then(|total| total.parse().ok())
+            .ok_or_else(|| Error::Decode("no total in Content-Range".into()))
     }
 
     /// Records the outcome of replaying a dead letter: replayed, or why it still fails.
@@ -380,7 +408,8 @@ enum Expect {
     NoContent,
     /// 201 and no body: an insert with `return=minimal`.
     Created,
-    /// 200 and a JSON body: a read, or a function that returns something.
+    /// 200 (or 206, part of a counted read) and a JSON body: a read, or a function that returns
+    /// something.
     Json,
 }
 
@@ -393,7 +422,8 @@ impl Expect {
         let fits = match self {
             Expect::NoContent => status == 204 && body.is_empty(),
             Expect::Created => status == 201 && body.is_empty(),
-            Expect::Json => status == 200 && json,
+            // 206: a read with a range (a limit and an exact count) that holds part of the rows.
+            Expect::Json => matches!(status, 200 | 206) && json,
         };
         if fits {
             return Ok(());

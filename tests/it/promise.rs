@@ -279,3 +279,46 @@ async fn a_522_after_the_commit_leaves_the_message_in_jobs_once_and_not_dead_let
     let (stack, _, sid) = lie_then_truth(FaultMode::Cloudflare522AfterCommit, "522").await;
     assert_eq!(count(&stack, &format!("select count(*) from jobs where message_sid = '{sid}'")), 1);
 }
+
+/// 1,005 dead letters that can never become jobs, older than 5 that a fix made replayable: the
+/// fixable ones are reached, and `dlq list` says how many wait in all.
+#[tokio::test]
+async fn dlq_replay_makes_progress_past_letters_that_keep_failing() {
+    let stack = Stack::start(Grants::None).unwrap();
+    stack
+        .execute(
+            "insert into dlq_jobs (dedupe_key, payload, error, error_kind, created_at)
+             select 'sha256:' || i, jsonb_build_object('Body', 'no sender ' || i), 'no sender', 'unusable',
+                    now() - interval '1 day' + i * interval '1 millisecond'
+             from generate_series(1, 1005) as i",
+        )
+        .unwrap();
+    let fixable: Vec<Params> = (0..5).map(|i| sms(&unique_phone(), &format!("fixable {i}"))).collect();
+    for m in &fixable {
+        let payload = serde_json::to_string(&m.to_payload()).unwrap().replace('\'', "''");
+        stack
+            .execute(&format!(
+                "insert into dlq_jobs (message_sid, dedupe_key, payload, error, error_kind) values ('{0}', '{0}', '{payload}', 'grant revoked', 'rejected')",
+                sid(m)
+            ))
+            .unwrap();
+    }
+    let supabase = twilio_ingest::supabase::Supabase::new(&stack.url(), &twilio_ingest::supabase::ServiceKey::parse(&KeyKind::Secret.service_key()).unwrap());
+    let first = twilio_ingest::dlq::replay(&supabase, 1000).await.unwrap();
+    assert_eq!((first.replayed.len(), first.still_failing.len()), (0, 1000));
+    let second = twilio_ingest::dlq::replay(&supabase, 1000).await.unwrap();
+    assert_eq!(second.replayed.len(), 5, "the fixable letters were not reached");
+    let sids: Vec<String> = fixable.iter().map(sid).collect();
+    assert_eq!(count(&stack, &format!("select count(*) from jobs where message_sid in ({})", sql_list(&sids))), 5);
+
+    let run = |args: &[&str]| {
+        let out = service_command(&stack.url(), KeyKind::Secret, &temp_dir("spool"), 8080).args(args).output().unwrap();
+        (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr))
+    };
+    let (ok, listed) = run(&["dlq", "list"]);
+    assert!(ok && listed.contains("1005 dead letter(s) waiting, the oldest 50 shown"), "{listed}");
+    for bad in ["0", "-1", "10001", "many"] {
+        let (ok, refused) = run(&["dlq", "replay", &format!("--limit={bad}")]);
+        assert!(!ok && refused.contains("not a number from 1 to 10000"), "--limit {bad}: {refused}");
+    }
+}
