@@ -189,6 +189,26 @@ async fn check(config: &Config) -> anyhow::Result<()> {
             println!("security: PROBLEM: cannot read the schema report ({e}); {}", e.hint());
         }
     }
+    match supabase.function_report(Duration::from_secs(10)).await {
+        Ok(functions) => {
+            let open: Vec<String> = functions
+                .iter()
+                .filter(|f| !f.public_role_privileges.is_empty())
+                .map(|f| format!("function {}: {} may execute it; revoke it", f.function_name, f.public_role_privileges.join(" and ")))
+                .collect();
+            if open.is_empty() {
+                println!("security: ok ({} functions, none executable by anon or authenticated)", functions.len());
+            }
+            for problem in &open {
+                println!("security: PROBLEM: {problem}");
+            }
+            problems += open.len();
+        }
+        Err(e) => {
+            problems += 1;
+            println!("security: PROBLEM: cannot read the function report ({e}); {}", e.hint());
+        }
+    }
     // The very calls batches make, with nothing in them: proves the functions are there and the
     // key may run them, through the gateway, the way the service will. Both are reported, where
     // the probe above stops at the first failure.

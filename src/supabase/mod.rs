@@ -149,6 +149,14 @@ pub struct QueueStat {
     pub oldest: Option<String>,
 }
 
+/// Who besides service_role may run one of the project's functions.
+#[derive(Deserialize, Debug, Clone)]
+pub struct FunctionReport {
+    pub function_name: String,
+    /// Of anon and authenticated, those that may execute it; there should be none.
+    pub public_role_privileges: Vec<String>,
+}
+
 /// How one table is locked down, as `ingest_schema_report` sees it.
 #[derive(Deserialize, Debug, Clone)]
 pub struct TableReport {
@@ -334,6 +342,11 @@ impl Supabase {
     pub async fn retry_failed_jobs(&self, ids: Option<&[String]>, since: Option<&str>, timeout: Duration) -> Result<u64, Error> {
         let args = serde_json::json!({"ids": ids, "since": since});
         self.fetch(self.rpc("retry_failed_jobs", args.to_string()), timeout).await
+    }
+
+    /// Which of the project's functions anon or authenticated may execute.
+    pub async fn function_report(&self, timeout: Duration) -> Result<Vec<FunctionReport>, Error> {
+        self.fetch(self.rpc("ingest_function_report", "{}".into()), timeout).await
     }
 
     /// RLS and grants on the three tables.

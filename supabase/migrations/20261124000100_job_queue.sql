@@ -446,7 +446,26 @@ begin
 end;
 $$;
 
+-- What `twilio-ingest check` reads to confirm no function of the project's can be run by anon or
+-- authenticated: every function in `public`, with the roles of those two that may execute it.
+create function public.ingest_function_report()
+returns table (function_name text, public_role_privileges text[])
+language sql
+stable
+security invoker
+set search_path = ''
+as $$
+    select p.proname::text,
+           array(select r from unnest(array['anon', 'authenticated']) as r
+                 where has_function_privilege(r, p.oid, 'execute'))
+    from pg_catalog.pg_proc as p
+    join pg_catalog.pg_namespace as n on n.oid = p.pronamespace
+    where n.nspname = 'public'
+    order by p.proname;
+$$;
+
 revoke execute on function
+    public.ingest_function_report(),
     public.claim_jobs(text, integer, integer, text[]),
     public.complete_jobs(text, jsonb),
     public.fail_job(uuid, text, text, integer, boolean),
@@ -455,6 +474,7 @@ revoke execute on function
     public.retry_failed_jobs(uuid[], timestamptz)
 from public, anon, authenticated;
 grant execute on function
+    public.ingest_function_report(),
     public.claim_jobs(text, integer, integer, text[]),
     public.complete_jobs(text, jsonb),
     public.fail_job(uuid, text, text, integer, boolean),

@@ -146,7 +146,9 @@ fn check_reports_a_working_project_and_a_missing_grant_in_plain_words() {
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(out.status.success(), "{grants:?}: {stdout}");
         assert!(stdout.contains("supabase: ok"), "{stdout}");
-        assert!(stdout.contains("security: ok"), "{grants:?}: {stdout}");
+        assert!(stdout.contains("security: ok (RLS on"), "{grants:?}: {stdout}");
+        assert!(stdout.contains("none executable by anon or authenticated"), "{grants:?}: {stdout}");
+        assert!(!stdout.contains("PROBLEM"), "{grants:?}: {stdout}");
         assert!(stdout.contains("ingest: ok"), "{grants:?}: {stdout}");
     }
 
@@ -156,7 +158,8 @@ fn check_reports_a_working_project_and_a_missing_grant_in_plain_words() {
             "revoke select on table public.jobs from service_role;
              alter table public.users disable row level security;
              grant select on table public.dlq_jobs to anon;
-             revoke execute on function public.ingest_jobs(jsonb) from service_role;",
+             revoke execute on function public.ingest_jobs(jsonb) from service_role;
+             grant execute on function public.claim_jobs(text, integer, integer, text[]) to anon;",
         )
         .unwrap();
     let mut cmd = binary_for(&broken, KeyKind::LegacyJwt, 8080);
@@ -169,6 +172,7 @@ fn check_reports_a_working_project_and_a_missing_grant_in_plain_words() {
         "table users: row level security is off",
         "table jobs: service_role may not select",
         "table dlq_jobs: anon/authenticated hold anon:select",
+        "function claim_jobs: anon may execute it",
         // ingest_batch calls ingest_jobs, so both fail.
         "ingest: PROBLEM: cannot call ingest_batch (",
         ", ingest_jobs (",

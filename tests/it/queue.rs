@@ -416,6 +416,7 @@ fn anon_and_authenticated_may_call_no_queue_function() {
                     ("extend_job_lease", json!({"id": uuid::Uuid::new_v4().to_string(), "worker": "intruder", "lease_seconds": 60})),
                     ("job_queue_stats", json!({})),
                     ("retry_failed_jobs", json!({})),
+                    ("ingest_function_report", json!({})),
                 ] {
                     let mut request = client.post(format!("{}/rest/v1/rpc/{function}", stack.url())).header("apikey", apikey).json(&args);
                     if let Some(bearer) = bearer {
