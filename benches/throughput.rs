@@ -134,7 +134,8 @@ fn webhooks(n: usize, run: &str) -> Vec<Prepared> {
         }
         let params = message(i, run);
         let body = form_urlencoded::Serializer::new(String::new()).extend_pairs(params.pairs()).finish();
-        let signature = HeaderValue::from_str(&signature::sign(TOKEN, &url, &params)).expect("base64 is a header value");
+        let signature =
+            HeaderValue::from_str(&signature::sign(TOKEN, &url, &params)).expect("base64 is a header value");
         let sid = params.get("MessageSid").expect("every message has one").to_owned();
         out.push(Prepared { body: body.into(), signature: Some(signature), sid });
     }
@@ -169,7 +170,8 @@ fn raw_jobs(n: usize, run: &str) -> Vec<Prepared> {
 async fn connect(addr: SocketAddr) -> SendRequest<Full<Bytes>> {
     let stream = tokio::net::TcpStream::connect(addr).await.expect("the target listens");
     stream.set_nodelay(true).unwrap();
-    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.expect("an HTTP/1.1 handshake");
+    let (sender, connection) =
+        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.expect("an HTTP/1.1 handshake");
     tokio::spawn(connection);
     sender
 }
@@ -203,7 +205,12 @@ async fn send(sender: &mut SendRequest<Full<Bytes>>, target: &Target, request: &
 
 /// Sends `requests` over `concurrency` keep-alive connections, each taking the next request as
 /// soon as it has its answer. Returns the run and the MessageSids that were acknowledged.
-async fn drive(label: &'static str, target: &Target, requests: Vec<Prepared>, concurrency: usize) -> (Run, Vec<String>) {
+async fn drive(
+    label: &'static str,
+    target: &Target,
+    requests: Vec<Prepared>,
+    concurrency: usize,
+) -> (Run, Vec<String>) {
     let count = requests.len();
     let requests = Arc::new(requests);
     let next = Arc::new(AtomicUsize::new(0));
@@ -226,7 +233,8 @@ async fn drive(label: &'static str, target: &Target, requests: Vec<Prepared>, co
             done
         }
     });
-    let results: Vec<(Duration, bool, usize)> = futures_util::future::join_all(workers).await.into_iter().flatten().collect();
+    let results: Vec<(Duration, bool, usize)> =
+        futures_util::future::join_all(workers).await.into_iter().flatten().collect();
     let elapsed = started.elapsed();
     let failed = results.iter().filter(|(_, ok, _)| !ok).count();
     assert_eq!(failed, 0, "{label}: {failed} requests failed");
@@ -303,7 +311,8 @@ impl Cpu {
             *by_process.entry(group).or_insert(0) += used;
         }
         let stat = std::fs::read_to_string("/proc/stat").unwrap();
-        let ticks: Vec<u64> = stat.lines().next().unwrap().split_whitespace().skip(1).filter_map(|v| v.parse().ok()).collect();
+        let ticks: Vec<u64> =
+            stat.lines().next().unwrap().split_whitespace().skip(1).filter_map(|v| v.parse().ok()).collect();
         let total: u64 = ticks.iter().sum();
         let idle = ticks[3] + ticks.get(4).copied().unwrap_or(0);
         Cpu { by_process, busy: total - idle, total }
@@ -399,7 +408,10 @@ fn main() {
         path: "/rest/v1/jobs".to_owned(),
         headers: vec![
             (HeaderName::from_static("apikey"), key.clone()),
-            (hyper::header::AUTHORIZATION, HeaderValue::from_str(&format!("Bearer {}", key.to_str().unwrap())).unwrap()),
+            (
+                hyper::header::AUTHORIZATION,
+                HeaderValue::from_str(&format!("Bearer {}", key.to_str().unwrap())).unwrap(),
+            ),
             (CONTENT_TYPE, HeaderValue::from_static("application/json")),
             (HeaderName::from_static("prefer"), HeaderValue::from_static("return=minimal")),
         ],
@@ -411,7 +423,11 @@ fn main() {
         // Warm both paths (connections, PostgREST's schema cache, PostgreSQL's plans).
         drive("warm-up", &raw_target, raw_jobs(500, "W"), CONCURRENCY).await;
         drive("warm-up", &service_target, webhooks(500, "V"), CONCURRENCY).await;
-        interleaved(vec![("warm-up", &raw_target, raw_jobs(100, "X")), ("warm-up", &service_target, webhooks(100, "Y"))]).await;
+        interleaved(vec![
+            ("warm-up", &raw_target, raw_jobs(100, "X")),
+            ("warm-up", &service_target, webhooks(100, "Y")),
+        ])
+        .await;
 
         let before = Cpu::now();
         let (base, _) = drive("baseline: raw PostgREST", &raw_target, raw_jobs(n.min(10_000), "B"), CONCURRENCY).await;
@@ -431,7 +447,8 @@ fn main() {
     let peak_rss = rss_kib(service.id(), "VmHWM:");
     let cpu_before_drain = Cpu::now();
     let drained = runtime.block_on(drain(&stack));
-    let cpu_drain = cpu_before_drain.since(&Cpu::now(), &Run { label: "drain", count: drained.jobs, elapsed: drained.elapsed, latencies: vec![] });
+    let cpu_drain = cpu_before_drain
+        .since(&Cpu::now(), &Run { label: "drain", count: drained.jobs, elapsed: drained.elapsed, latencies: vec![] });
     if std::env::var_os("BENCH_METRICS").is_some() {
         let metrics = runtime.block_on(async {
             reqwest::get(format!("http://127.0.0.1:{port}/metrics")).await.unwrap().text().await.unwrap()
@@ -456,7 +473,10 @@ fn main() {
     let p99 = ms(svc.pct(0.99));
     let p50_ratio = svc1.pct(0.5).as_secs_f64() / base1.pct(0.5).as_secs_f64();
     let (idle, peak) = (idle_rss as f64 / 1024.0, peak_rss as f64 / 1024.0);
-    println!("\nthroughput ratio service/baseline at c={CONCURRENCY}: {ratio:.2}x   (target >= 3.00x: {})", verdict(ratio >= 3.0));
+    println!(
+        "\nthroughput ratio service/baseline at c={CONCURRENCY}: {ratio:.2}x   (target >= 3.00x: {})",
+        verdict(ratio >= 3.0)
+    );
     println!("p99 at c={CONCURRENCY}: {p99:.2} ms   (target <= 25 ms: {})", verdict(p99 <= 25.0));
     println!("p50 ratio service/baseline at c=1: {p50_ratio:.3}x   (target <= 1.200x: {})", verdict(p50_ratio <= 1.2));
     println!(
@@ -540,7 +560,8 @@ async fn drain(stack: &Stack) -> Drained {
     let started = Instant::now();
     let workers: Vec<_> = (0..WORKERS)
         .map(|w| {
-            let (client, key, url, expected, done) = (client.clone(), key.clone(), url.clone(), expected.clone(), done.clone());
+            let (client, key, url, expected, done) =
+                (client.clone(), key.clone(), url.clone(), expected.clone(), done.clone());
             let timings = timings.clone();
             tokio::spawn(async move {
                 let worker = format!("bench-{w}");
@@ -572,14 +593,16 @@ async fn drain(stack: &Stack) -> Drained {
                             assert_eq!(next.as_deref(), job["id"].as_str(), "channel {channel} out of arrival order");
                         }
                     }
-                    let ids: Vec<serde_json::Value> = claimed.iter().map(|j| serde_json::json!({"id": j["id"]})).collect();
+                    let ids: Vec<serde_json::Value> =
+                        claimed.iter().map(|j| serde_json::json!({"id": j["id"]})).collect();
                     let complete_started = Instant::now();
-                    let completed: Vec<String> = rpc("complete_jobs", serde_json::json!({"worker": worker, "jobs": ids}))
-                        .await
-                        .unwrap()
-                        .json()
-                        .await
-                        .unwrap();
+                    let completed: Vec<String> =
+                        rpc("complete_jobs", serde_json::json!({"worker": worker, "jobs": ids}))
+                            .await
+                            .unwrap()
+                            .json()
+                            .await
+                            .unwrap();
                     assert_eq!(completed.len(), claimed.len(), "a claimed job was not completed");
                     {
                         let mut t = timings.lock().unwrap();

@@ -65,14 +65,11 @@ impl Config {
 
         let account_sid = match get("TWILIO_ACCOUNT_SID") {
             Some(sid) if sid.starts_with("AC") && sid.len() == 34 => Some(sid),
-            Some(_) => {
-                return Err(invalid("TWILIO_ACCOUNT_SID", &"expected AC followed by 32 hex digits"))
-            }
+            Some(_) => return Err(invalid("TWILIO_ACCOUNT_SID", &"expected AC followed by 32 hex digits")),
             None => None,
         };
 
-        let public_url = PublicUrl::parse(&required("PUBLIC_URL")?)
-            .map_err(|reason| invalid("PUBLIC_URL", &reason))?;
+        let public_url = PublicUrl::parse(&required("PUBLIC_URL")?).map_err(|reason| invalid("PUBLIC_URL", &reason))?;
 
         let supabase_url = required("SUPABASE_URL")?;
         let parsed = url::Url::parse(&supabase_url).map_err(|e| invalid("SUPABASE_URL", &e))?;
@@ -226,8 +223,8 @@ mod tests {
 
     #[test]
     fn debug_output_never_shows_a_secret() {
-        let cfg = Config::from_lookup(env(&[("TWILIO_AUTH_TOKEN_SECONDARY", "fedcba9876543210fedcba9876543210")]))
-            .unwrap();
+        let cfg =
+            Config::from_lookup(env(&[("TWILIO_AUTH_TOKEN_SECONDARY", "fedcba9876543210fedcba9876543210")])).unwrap();
         let shown = format!("{cfg:?}");
         assert!(!shown.contains("0123456789abcdef"), "{shown}");
         assert!(!shown.contains("fedcba9876543210"), "{shown}");

@@ -60,7 +60,9 @@ async fn redrive(supabase: &Supabase, letter: DeadLetter, report: &mut RedriveRe
         Some(params) => match classify(&params, arrival_of(&letter)) {
             Classified::Ignored => Ok(()),
             Classified::Unusable(letter) => Err(letter.why.to_string()),
-            Classified::Job { job, .. } => supabase.ingest_batch(&[&job], TIMEOUT).await.map(drop).map_err(|e| e.to_string()),
+            Classified::Job { job, .. } => {
+                supabase.ingest_batch(&[&job], TIMEOUT).await.map(drop).map_err(|e| e.to_string())
+            }
         },
     };
     supabase.mark_dead_letter(&letter.id, outcome.as_ref().map(|_| ()).map_err(String::as_str), TIMEOUT).await?;

@@ -201,7 +201,8 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
         Err((what, e)) => {
             tracing::warn!(%what, error = %e, "not ready");
             let hint = e.hint();
-            (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {what}: {e}\n{hint}\nspool_depth {depth}\n")).into_response()
+            (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {what}: {e}\n{hint}\nspool_depth {depth}\n"))
+                .into_response()
         }
     }
 }

@@ -30,10 +30,21 @@ impl std::fmt::Display for QueueReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(f, "{:<11} {:<11} {:>10}  oldest", "source_type", "status", "jobs")?;
         for s in &self.stats {
-            writeln!(f, "{:<11} {:<11} {:>10}  {}", s.source_type, s.status, s.jobs, s.oldest.as_deref().unwrap_or("-"))?;
+            writeln!(
+                f,
+                "{:<11} {:<11} {:>10}  {}",
+                s.source_type,
+                s.status,
+                s.jobs,
+                s.oldest.as_deref().unwrap_or("-")
+            )?;
         }
         match self.oldest_pending_age {
-            Some(age) => write!(f, "oldest pending job: waiting {}", humantime::format_duration(Duration::from_secs(age.as_secs()))),
+            Some(age) => write!(
+                f,
+                "oldest pending job: waiting {}",
+                humantime::format_duration(Duration::from_secs(age.as_secs()))
+            ),
             None => write!(f, "oldest pending job: none pending"),
         }
     }
@@ -54,7 +65,8 @@ pub fn parse_since(text: &str) -> Result<String, String> {
     }
     let ago = humantime::parse_duration(text)
         .map_err(|_| format!("{text:?} is neither a time (2026-11-24T10:00:00Z) nor a duration (2h)"))?;
-    let micros = ReceivedAt::now().as_micros() - i64::try_from(ago.as_micros()).map_err(|_| "too long ago".to_owned())?;
+    let micros =
+        ReceivedAt::now().as_micros() - i64::try_from(ago.as_micros()).map_err(|_| "too long ago".to_owned())?;
     Ok(ReceivedAt::from_micros(micros).to_rfc3339())
 }
 

@@ -158,7 +158,11 @@ async fn serve(config: &Config) -> anyhow::Result<()> {
 const PUSH_HINT: &str = "push the migrations: `supabase link --project-ref <ref>` then `supabase db push --remote`";
 
 async fn check(config: &Config) -> anyhow::Result<()> {
-    println!("configuration: ok ({} key, webhook URL {})", config.service_key.kind(), config.public_url.join(WEBHOOK_PATH));
+    println!(
+        "configuration: ok ({} key, webhook URL {})",
+        config.service_key.kind(),
+        config.public_url.join(WEBHOOK_PATH)
+    );
     let supabase = Supabase::new(&config.supabase_url, &config.service_key);
     let mut problems = 0;
     match supabase.probe(Duration::from_secs(10)).await {
@@ -194,7 +198,13 @@ async fn check(config: &Config) -> anyhow::Result<()> {
             let open: Vec<String> = functions
                 .iter()
                 .filter(|f| !f.public_role_privileges.is_empty())
-                .map(|f| format!("function {}: {} may execute it; revoke it", f.function_name, f.public_role_privileges.join(" and ")))
+                .map(|f| {
+                    format!(
+                        "function {}: {} may execute it; revoke it",
+                        f.function_name,
+                        f.public_role_privileges.join(" and ")
+                    )
+                })
                 .collect();
             if open.is_empty() {
                 println!("security: ok ({} functions, none executable by anon or authenticated)", functions.len());
@@ -217,7 +227,8 @@ async fn check(config: &Config) -> anyhow::Result<()> {
         ("ingest_batch", supabase.ingest_batch(&[], timeout).await),
         ("ingest_jobs", supabase.ingest_jobs(&[], timeout).await),
     ];
-    let failed: Vec<String> = ingest.iter().filter_map(|(name, r)| r.as_ref().err().map(|e| format!("{name} ({e})"))).collect();
+    let failed: Vec<String> =
+        ingest.iter().filter_map(|(name, r)| r.as_ref().err().map(|e| format!("{name} ({e})"))).collect();
     if failed.is_empty() {
         println!("ingest: ok (ingest_batch and ingest_jobs answer)");
     } else {
@@ -226,10 +237,14 @@ async fn check(config: &Config) -> anyhow::Result<()> {
         println!("ingest: PROBLEM: cannot call {}; {hint}", failed.join(", "));
     }
     // Read without taking the spool from a service that may be running on this machine.
-    let spool = twilio_ingest::spool::health(&config.spool_dir)
-        .and_then(|()| twilio_ingest::spool::status(&config.spool_dir).map_err(|e| format!("SPOOL_DIR {}: {e}", config.spool_dir.display())));
+    let spool = twilio_ingest::spool::health(&config.spool_dir).and_then(|()| {
+        twilio_ingest::spool::status(&config.spool_dir)
+            .map_err(|e| format!("SPOOL_DIR {}: {e}", config.spool_dir.display()))
+    });
     match spool {
-        Ok(status) => println!("spool: ok ({} waiting in {}, writable, room to spare)", status.depth, config.spool_dir.display()),
+        Ok(status) => {
+            println!("spool: ok ({} waiting in {}, writable, room to spare)", status.depth, config.spool_dir.display())
+        }
         Err(why) => {
             problems += 1;
             println!("spool: PROBLEM: {why}");
@@ -320,7 +335,14 @@ async fn dlq_command(config: &Config, command: DlqCommand) -> anyhow::Result<()>
                     l.replay_error.as_deref().map(|e| format!("  (last replay: {e})")).unwrap_or_default()
                 );
             }
-            println!("{waiting} dead letter(s) waiting{}", if waiting > letters.len() as u64 { format!(", the oldest {} shown", letters.len()) } else { String::new() });
+            println!(
+                "{waiting} dead letter(s) waiting{}",
+                if waiting > letters.len() as u64 {
+                    format!(", the oldest {} shown", letters.len())
+                } else {
+                    String::new()
+                }
+            );
         }
         DlqCommand::Replay { limit } => {
             let report = dlq::replay(&supabase, limit).await?;

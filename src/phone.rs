@@ -17,9 +17,8 @@ impl E164 {
             None => address,
         };
         let digits = number.strip_prefix('+')?;
-        let valid = (7..=15).contains(&digits.len())
-            && digits.bytes().all(|b| b.is_ascii_digit())
-            && !digits.starts_with('0');
+        let valid =
+            (7..=15).contains(&digits.len()) && digits.bytes().all(|b| b.is_ascii_digit()) && !digits.starts_with('0');
         valid.then(|| E164(number.to_owned()))
     }
 
@@ -46,9 +45,18 @@ mod tests {
 
     #[test]
     fn anything_but_an_e164_number_is_refused() {
-        for bad in ["", "14155550100", "+0123456789", "+141555", "+1234567890123456", "alice", "whatsapp:alice",
-            "+1 415 555 0100", "messenger:123456789", "1:+14155550100"]
-        {
+        for bad in [
+            "",
+            "14155550100",
+            "+0123456789",
+            "+141555",
+            "+1234567890123456",
+            "alice",
+            "whatsapp:alice",
+            "+1 415 555 0100",
+            "messenger:123456789",
+            "1:+14155550100",
+        ] {
             assert_eq!(E164::parse_address(bad), None, "{bad}");
         }
     }

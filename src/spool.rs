@@ -111,7 +111,8 @@ impl Spool {
     pub fn open(dir: &Path) -> Result<Spool, OpenError> {
         let io_error = |source| OpenError::Io { dir: dir.display().to_string(), source };
         fs::create_dir_all(dir).map_err(io_error)?;
-        let lock = OpenOptions::new().create(true).truncate(false).write(true).open(dir.join(LOCK_FILE)).map_err(io_error)?;
+        let lock =
+            OpenOptions::new().create(true).truncate(false).write(true).open(dir.join(LOCK_FILE)).map_err(io_error)?;
         // A moment's grace: an owner in this process (an app being rebuilt) lets go of the lock
         // when its writer thread ends, just after its last handle is dropped.
         let mut tries = 0;
@@ -135,7 +136,10 @@ impl Spool {
         let ledger = Arc::new(Mutex::new(ledger));
         let (commands, receiver) = mpsc::channel();
         let writer = Writer { dir: dir.to_owned(), next_seq, active: None, ledger: ledger.clone(), _lock: lock };
-        std::thread::Builder::new().name("spool-writer".into()).spawn(move || writer.run(receiver)).map_err(io_error)?;
+        std::thread::Builder::new()
+            .name("spool-writer".into())
+            .spawn(move || writer.run(receiver))
+            .map_err(io_error)?;
         Ok(Spool { dir: dir.to_owned(), commands, ledger })
     }
 
@@ -239,7 +243,8 @@ impl Writer {
                 let records: Vec<&[u8]> = waiting.iter().map(|(r, _)| r.as_slice()).collect();
                 let result = self.append(&records);
                 for (_, reply) in waiting.drain(..) {
-                    let _ = reply.send(result.as_ref().map(|_| ()).map_err(|e| io::Error::new(e.kind(), e.to_string())));
+                    let _ =
+                        reply.send(result.as_ref().map(|_| ()).map_err(|e| io::Error::new(e.kind(), e.to_string())));
                 }
             }
             if let Some(reply) = rotate {
@@ -277,8 +282,13 @@ impl Writer {
         match active.file.write_all(&buf).and_then(|()| active.file.sync_data()) {
             Ok(()) => {
                 active.len += buf.len() as u64;
-                *self.ledger.lock().expect("the ledger is never poisoned").segments.entry(active.path.clone()).or_default() +=
-                    records.len() as u64;
+                *self
+                    .ledger
+                    .lock()
+                    .expect("the ledger is never poisoned")
+                    .segments
+                    .entry(active.path.clone())
+                    .or_default() += records.len() as u64;
                 Ok(())
             }
             Err(e) => {
@@ -386,7 +396,8 @@ fn decode_legacy(bytes: &[u8]) -> (Vec<Vec<u8>>, Vec<Damage>) {
     while bytes.len() - at >= LEGACY_HEADER {
         let len = u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes")) as usize;
         let crc = u32::from_le_bytes(bytes[at + 4..at + 8].try_into().expect("4 bytes"));
-        let Some(record) = bytes.get(at + LEGACY_HEADER..at + LEGACY_HEADER + len).filter(|_| (1..=MAX_RECORD).contains(&len))
+        let Some(record) =
+            bytes.get(at + LEGACY_HEADER..at + LEGACY_HEADER + len).filter(|_| (1..=MAX_RECORD).contains(&len))
         else {
             break;
         };
@@ -396,7 +407,8 @@ fn decode_legacy(bytes: &[u8]) -> (Vec<Vec<u8>>, Vec<Damage>) {
         records.push(record.to_vec());
         at += LEGACY_HEADER + len;
     }
-    let damage = (at < bytes.len()).then(|| Damage { offset: at as u64, bytes: bytes[at..].to_vec() }).into_iter().collect();
+    let damage =
+        (at < bytes.len()).then(|| Damage { offset: at as u64, bytes: bytes[at..].to_vec() }).into_iter().collect();
     (records, damage)
 }
 
@@ -428,7 +440,8 @@ pub fn health(dir: &Path) -> Result<(), String> {
         .and_then(|mut f| f.write_all(b"probe").and_then(|()| f.sync_all()));
     let _ = fs::remove_file(&probe);
     written.map_err(|e| format!("SPOOL_DIR {} is not writable: {e}", dir.display()))?;
-    let stats = rustix::fs::statvfs(dir).map_err(|e| format!("SPOOL_DIR {}: cannot read free space: {e}", dir.display()))?;
+    let stats =
+        rustix::fs::statvfs(dir).map_err(|e| format!("SPOOL_DIR {}: cannot read free space: {e}", dir.display()))?;
     let free = stats.f_bavail.saturating_mul(stats.f_frsize);
     if free < MIN_FREE_BYTES {
         return Err(format!(
@@ -534,7 +547,9 @@ mod tests {
     async fn zeros_or_garbage_between_records_cost_only_themselves() {
         let (path, offsets) = segment_of("between", 10).await;
         let bytes = fs::read(&path).unwrap();
-        for filler in [vec![0u8; 100], b"\xffTI1 not a record at all, though it starts like one".to_vec(), vec![0xFF; 3]] {
+        for filler in
+            [vec![0u8; 100], b"\xffTI1 not a record at all, though it starts like one".to_vec(), vec![0xFF; 3]]
+        {
             let mut damaged = bytes[..offsets[4]].to_vec();
             damaged.extend_from_slice(&filler);
             damaged.extend_from_slice(&bytes[offsets[4]..]);
@@ -576,7 +591,8 @@ mod tests {
         let segment = read_segment(&path).unwrap();
         spool.quarantine(&segment).unwrap();
         spool.remove(&segment).unwrap();
-        let kept: Vec<Vec<u8>> = fs::read_dir(dir.join(QUARANTINE)).unwrap().map(|e| fs::read(e.unwrap().path()).unwrap()).collect();
+        let kept: Vec<Vec<u8>> =
+            fs::read_dir(dir.join(QUARANTINE)).unwrap().map(|e| fs::read(e.unwrap().path()).unwrap()).collect();
         assert_eq!(kept, [b"garbage".to_vec()]);
     }
 

@@ -102,7 +102,8 @@ impl Inner {
                     let mut seen = HashSet::with_capacity(range.len());
                     for (position, i) in range.enumerate() {
                         let first = seen.insert(jobs[i].0.message_sid.as_str());
-                        let outcome = if first && !existed.contains(&position) { Outcome::Ingested } else { Outcome::Duplicate };
+                        let outcome =
+                            if first && !existed.contains(&position) { Outcome::Ingested } else { Outcome::Duplicate };
                         deliveries[i] = Some(Delivery::Written(outcome));
                     }
                 }
@@ -126,8 +127,15 @@ impl Inner {
                     let (job, payload) = jobs[range.start];
                     let received_at = ReceivedAt::from_micros(job.received_at_us);
                     deliveries[range.start] = Some(
-                        self.dead_letter_with(payload, Some(&job.message_sid), received_at, e.to_string(), "rejected", until)
-                            .await,
+                        self.dead_letter_with(
+                            payload,
+                            Some(&job.message_sid),
+                            received_at,
+                            e.to_string(),
+                            "rejected",
+                            until,
+                        )
+                        .await,
                     );
                 }
             }

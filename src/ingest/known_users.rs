@@ -37,9 +37,7 @@ impl KnownUsers {
         let now = Instant::now();
         let users = self.users.lock().expect("no panic while holding the lock");
         jobs.iter().all(|job| {
-            users
-                .get(&job.user_phone)
-                .is_some_and(|known| self.fresh(known, now) && (known.named || !job.names_user))
+            users.get(&job.user_phone).is_some_and(|known| self.fresh(known, now) && (known.named || !job.names_user))
         })
     }
 

@@ -151,7 +151,11 @@ impl Ingestor {
     /// deadline; `arrival.at` is its place in its channel's order.
     ///
     /// Returns an error only if the message could not be written to Supabase nor to the spool.
-    pub async fn ingest(&self, params: &Params, arrival: Arrival) -> Result<(Outcome, Option<InboundMessage>), IngestError> {
+    pub async fn ingest(
+        &self,
+        params: &Params,
+        arrival: Arrival,
+    ) -> Result<(Outcome, Option<InboundMessage>), IngestError> {
         // A bug must not lose a message Twilio will not send again: if anything below panics, the
         // params go to the spool as they are, and replay will meet the bug again later, not drop it.
         match AssertUnwindSafe(self.ingest_inner(params, arrival)).catch_unwind().await {
@@ -164,7 +168,11 @@ impl Ingestor {
         }
     }
 
-    async fn ingest_inner(&self, params: &Params, arrival: Arrival) -> Result<(Outcome, Option<InboundMessage>), IngestError> {
+    async fn ingest_inner(
+        &self,
+        params: &Params,
+        arrival: Arrival,
+    ) -> Result<(Outcome, Option<InboundMessage>), IngestError> {
         let deadline = arrival.instant + self.inner.settings.deadline;
         let until = deadline.checked_sub(SPOOL_RESERVE).unwrap_or(deadline);
         match classify(params, arrival.at) {
@@ -292,7 +300,14 @@ impl Inner {
 
     async fn dead_letter(&self, letter: &UnusableLetter, until: Instant) -> Delivery {
         let why = letter.why.to_string();
-        self.dead_letter_with(&letter.payload, letter.message_sid.as_deref(), letter.received_at, why, "unusable", until)
-            .await
+        self.dead_letter_with(
+            &letter.payload,
+            letter.message_sid.as_deref(),
+            letter.received_at,
+            why,
+            "unusable",
+            until,
+        )
+        .await
     }
 }

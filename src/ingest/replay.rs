@@ -38,7 +38,12 @@ pub(super) async fn run(inner: Arc<Inner>, mut stop: oneshot::Receiver<()>) {
         if inner.spool.depth() > 0 {
             let report = drain(&inner).await;
             if report.replayed > 0 || report.stalled.is_some() {
-                tracing::info!(replayed = report.replayed, remaining = report.remaining, stalled = report.stalled, "spool replay");
+                tracing::info!(
+                    replayed = report.replayed,
+                    remaining = report.remaining,
+                    stalled = report.stalled,
+                    "spool replay"
+                );
             }
             // Back off while Supabase stays away, so an outage is not hammered.
             wait = if report.stalled.is_some() { (wait * 2).min(MAX_WAIT) } else { inner.settings.replay_interval };
@@ -80,7 +85,8 @@ pub(super) async fn drain(inner: &Inner) -> ReplayReport {
         // Every whole record is stored: move the damage aside, then let the segment go.
         let spool = inner.spool.clone();
         let path = segment.path.clone();
-        let done = tokio::task::spawn_blocking(move || spool.quarantine(&segment).and_then(|()| spool.remove(&segment))).await;
+        let done =
+            tokio::task::spawn_blocking(move || spool.quarantine(&segment).and_then(|()| spool.remove(&segment))).await;
         if let Err(e) = done.expect("removing a segment does not panic") {
             report.stalled = Some(format!("cannot quarantine or remove {}: {e}", path.display()));
             break;
@@ -100,12 +106,12 @@ async fn replay_chunk(inner: &Inner, records: &[Vec<u8>]) -> Result<(), String> 
         // A record that passed its checksum but is not ours to read can only come from another
         // version or a bug. Replay must not stop behind it for good, nor drop it: its bytes go to
         // the dead-letter table, and replay moves on.
-        let parsed = serde_json::from_slice::<SpoolRecord>(record)
-            .map_err(|e| e.to_string())
-            .and_then(|r| match r.payload.as_object() {
+        let parsed = serde_json::from_slice::<SpoolRecord>(record).map_err(|e| e.to_string()).and_then(|r| {
+            match r.payload.as_object() {
                 Some(object) => Ok((Params::from_object(object), r.received_at_us)),
                 None => Err("its payload is not an object".to_owned()),
-            });
+            }
+        });
         let (params, received_at_us) = match parsed {
             Ok(parsed) => parsed,
             Err(why) => {

@@ -59,7 +59,13 @@ mod tests {
         let calls = AtomicU32::new(0);
         let result = until(Instant::now() + Duration::from_secs(2), |_| {
             let n = calls.fetch_add(1, Ordering::SeqCst);
-            async move { if n < 3 { Err(unavailable()) } else { Ok(n) } }
+            async move {
+                if n < 3 {
+                    Err(unavailable())
+                } else {
+                    Ok(n)
+                }
+            }
         })
         .await;
         assert_eq!(result.unwrap(), 3);
@@ -84,7 +90,13 @@ mod tests {
         let started = Instant::now();
         let result = until(started + Duration::from_secs(2), |_| {
             let n = calls.fetch_add(1, Ordering::SeqCst);
-            async move { if n == 0 { Err(asked()) } else { Ok(n) } }
+            async move {
+                if n == 0 {
+                    Err(asked())
+                } else {
+                    Ok(n)
+                }
+            }
         })
         .await;
         assert_eq!(result.unwrap(), 1);
@@ -99,8 +111,7 @@ mod tests {
     #[tokio::test]
     async fn retries_stop_at_the_deadline() {
         let started = Instant::now();
-        let result: Result<(), _> =
-            until(started + Duration::from_millis(300), |_| async { Err(unavailable()) }).await;
+        let result: Result<(), _> = until(started + Duration::from_millis(300), |_| async { Err(unavailable()) }).await;
         assert!(result.unwrap_err().is_transient());
         assert!(started.elapsed() < Duration::from_millis(400));
     }

@@ -115,13 +115,19 @@ impl Error {
             _ if self.is_schema_missing() => {
                 "the migrations are not pushed: `supabase link --project-ref <ref>` then `supabase db push --remote`"
             }
-            Error::Api { status: 401, .. } => "SUPABASE_SERVICE_ROLE_KEY is not a valid service-role key for SUPABASE_URL",
+            Error::Api { status: 401, .. } => {
+                "SUPABASE_SERVICE_ROLE_KEY is not a valid service-role key for SUPABASE_URL"
+            }
             Error::Api { code: Some(code), .. } if code == "42501" => {
                 "service_role lacks a grant the migrations give; push them again or restore the grant"
             }
             Error::Api { status: 403, .. } => "the key is not allowed to do this: use the service-role key, not anon",
-            Error::Transport(_) | Error::Timeout(_) => "Supabase did not answer: check SUPABASE_URL and the project's status",
-            Error::Unexpected(_) => "something other than PostgREST answers at SUPABASE_URL/rest/v1: check SUPABASE_URL",
+            Error::Transport(_) | Error::Timeout(_) => {
+                "Supabase did not answer: check SUPABASE_URL and the project's status"
+            }
+            Error::Unexpected(_) => {
+                "something other than PostgREST answers at SUPABASE_URL/rest/v1: check SUPABASE_URL"
+            }
             e if e.is_transient() => "Supabase is unavailable or restarting; it should pass on its own",
             _ => "Supabase answered something unexpected; see the error",
         }
@@ -164,7 +170,8 @@ mod tests {
         assert!(api(504, r#"{"code":"PGRST003","message":"Timed out acquiring connection"}"#).is_transient());
         assert!(api(502, "<html>Bad Gateway</html>").is_transient());
         assert!(api(500, r#"{"code":"40P01","message":"deadlock detected"}"#).is_transient());
-        assert!(api(503, r#"{"code":"57P01","message":"terminating connection due to administrator command"}"#).is_transient());
+        assert!(api(503, r#"{"code":"57P01","message":"terminating connection due to administrator command"}"#)
+            .is_transient());
         assert!(Error::Timeout(std::time::Duration::from_secs(1)).is_transient());
     }
 
@@ -220,7 +227,10 @@ mod tests {
 
     #[test]
     fn the_message_keeps_code_details_and_hint() {
-        let e = api(403, r#"{"code":"42501","message":"permission denied for table jobs","details":null,"hint":"grant it"}"#);
+        let e = api(
+            403,
+            r#"{"code":"42501","message":"permission denied for table jobs","details":null,"hint":"grant it"}"#,
+        );
         assert_eq!(e.to_string(), "PostgREST answered 403 (42501): permission denied for table jobs; grant it");
     }
 }

@@ -103,7 +103,9 @@ mod tests {
     #[test]
     fn the_anon_key_or_a_publishable_key_is_refused_with_a_reason() {
         assert!(ServiceKey::parse(ANON).unwrap_err().contains("'anon'"));
-        assert!(ServiceKey::parse("sb_publishable_ACJWlzQHlZjBrEguHvfOxg_3BJgxAaH").unwrap_err().contains("publishable"));
+        assert!(ServiceKey::parse("sb_publishable_ACJWlzQHlZjBrEguHvfOxg_3BJgxAaH")
+            .unwrap_err()
+            .contains("publishable"));
         assert!(ServiceKey::parse("hunter2").is_err());
     }
 

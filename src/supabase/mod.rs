@@ -181,7 +181,10 @@ impl TableReport {
             }
         }
         if !self.public_role_privileges.is_empty() {
-            problems.push(format!("table {t}: anon/authenticated hold {}; revoke them", self.public_role_privileges.join(", ")));
+            problems.push(format!(
+                "table {t}: anon/authenticated hold {}; revoke them",
+                self.public_role_privileges.join(", ")
+            ));
         }
         problems
     }
@@ -249,7 +252,12 @@ impl Supabase {
         self.ingest(&self.ingest_jobs, jobs, timeout).await
     }
 
-    async fn ingest(&self, template: &reqwest::Request, jobs: &[&EncodedJob], timeout: Duration) -> Result<Vec<usize>, Error> {
+    async fn ingest(
+        &self,
+        template: &reqwest::Request,
+        jobs: &[&EncodedJob],
+        timeout: Duration,
+    ) -> Result<Vec<usize>, Error> {
         let mut body = String::with_capacity(2 + jobs.iter().map(|j| j.json.len() + 1).sum::<usize>());
         body.push('[');
         for (i, job) in jobs.iter().enumerate() {
@@ -284,7 +292,8 @@ impl Supabase {
         timeout: Duration,
     ) -> Result<Vec<DeadLetter>, Error> {
         let request = self.table("dlq_jobs").select("*").is("replayed_at", "null");
-        let mut request = if tried { request.not("is", "replay_error", "null") } else { request.is("replay_error", "null") };
+        let mut request =
+            if tried { request.not("is", "replay_error", "null") } else { request.is("replay_error", "null") };
         if let Some(last) = after {
             let (at, id) = (&last.created_at, &last.id);
             // Quoted: a timestamp holds the dots and colons PostgREST's filter syntax uses.
@@ -339,7 +348,12 @@ impl Supabase {
 
     /// Requeues failed jobs (`retry_failed_jobs`): those in `ids`, or failed since `since`, or
     /// all of them when both are `None`. Returns how many.
-    pub async fn retry_failed_jobs(&self, ids: Option<&[String]>, since: Option<&str>, timeout: Duration) -> Result<u64, Error> {
+    pub async fn retry_failed_jobs(
+        &self,
+        ids: Option<&[String]>,
+        since: Option<&str>,
+        timeout: Duration,
+    ) -> Result<u64, Error> {
         let args = serde_json::json!({"ids": ids, "since": since});
         self.fetch(self.rpc("retry_failed_jobs", args.to_string()), timeout).await
     }
@@ -360,7 +374,13 @@ impl Supabase {
         serde_json::from_slice(&answer.body).map_err(|e| Error::Decode(e.to_string()))
     }
 
-    async fn send(&self, request: Builder, prefer: Option<&'static str>, expect: Expect, timeout: Duration) -> Result<Answer, Error> {
+    async fn send(
+        &self,
+        request: Builder,
+        prefer: Option<&'static str>,
+        expect: Expect,
+        timeout: Duration,
+    ) -> Result<Answer, Error> {
         let request = request.build().build().map_err(Error::Transport)?;
         self.execute(request, prefer, expect, timeout).await
     }
@@ -441,7 +461,8 @@ impl Expect {
         if fits {
             return Ok(());
         }
-        let kind = headers.get(reqwest::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("no content type");
+        let kind =
+            headers.get(reqwest::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("no content type");
         Err(Error::Unexpected(format!("{status} {}, {} bytes, where {self:?} was due", clip(kind), body.len())))
     }
 }

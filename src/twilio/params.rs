@@ -87,12 +87,11 @@ mod tests {
 
     #[test]
     fn a_repeated_key_becomes_an_array_in_the_payload_and_back() {
-        let params = Params::from_form(b"Body=hi+there&MessagingBinding.Address=%2B1555&MessagingBinding.Address=%2B1666&Empty=");
-        let payload = params.to_payload();
-        assert_eq!(
-            payload,
-            json!({"Body": "hi there", "MessagingBinding.Address": ["+1555", "+1666"], "Empty": ""})
+        let params = Params::from_form(
+            b"Body=hi+there&MessagingBinding.Address=%2B1555&MessagingBinding.Address=%2B1666&Empty=",
         );
+        let payload = params.to_payload();
+        assert_eq!(payload, json!({"Body": "hi there", "MessagingBinding.Address": ["+1555", "+1666"], "Empty": ""}));
         let back = Params::from_object(payload.as_object().unwrap());
         let mut a = back.pairs().to_vec();
         let mut b = params.pairs().to_vec();

@@ -197,12 +197,18 @@ mod tests {
         let url = PublicUrl::parse("https://example.com").unwrap();
         let body = "a&".repeat(100_000);
         let tokens = [SecretString::from("12345".to_owned())];
-        assert!(matches!(verify(&url, "/hook", Some("sig"), body.as_bytes(), &tokens), Err(SignatureError::Implausible(100_001))));
+        assert!(matches!(
+            verify(&url, "/hook", Some("sig"), body.as_bytes(), &tokens),
+            Err(SignatureError::Implausible(100_001))
+        ));
         // A JSON body is covered by its hash, and its ampersands are text.
         let json = format!(r#"{{"Body":"{}"}}"#, "&".repeat(1_000));
         let hash = hex::encode(Sha256::digest(json.as_bytes()));
         let path = format!("/hook?bodySHA256={hash}");
-        assert!(!matches!(verify(&url, &path, Some("sig"), json.as_bytes(), &tokens), Err(SignatureError::Implausible(_))));
+        assert!(!matches!(
+            verify(&url, &path, Some("sig"), json.as_bytes(), &tokens),
+            Err(SignatureError::Implausible(_))
+        ));
     }
 
     #[test]

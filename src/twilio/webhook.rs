@@ -86,7 +86,9 @@ pub enum Webhook {
     Message(InboundMessage),
     /// A webhook that is genuine but not an inbound message (another Conversations event, a
     /// delivery status callback); acknowledged and not stored.
-    Ignored { event: String },
+    Ignored {
+        event: String,
+    },
 }
 
 /// Why a signed webhook cannot become a job. Such a message is dead-lettered, never dropped.
@@ -127,7 +129,12 @@ pub fn is_sid(value: &str, prefixes: &[&str]) -> bool {
 }
 
 /// The value of `field`, which must be a SID of one of `prefixes`.
-fn sid<'a>(params: &'a Params, field: &'static str, prefixes: &[&str], expected: &'static str) -> Result<Option<&'a str>, Unusable> {
+fn sid<'a>(
+    params: &'a Params,
+    field: &'static str,
+    prefixes: &[&str],
+    expected: &'static str,
+) -> Result<Option<&'a str>, Unusable> {
     match params.non_blank(field) {
         None => Ok(None),
         Some(value) if is_sid(value, prefixes) => Ok(Some(value)),
@@ -170,12 +177,14 @@ fn parse_messaging(params: &Params) -> Result<Webhook, Unusable> {
     let message_sid = match any_message_sid {
         None => return Err(Unusable::MissingMessageSid),
         Some(sid) if is_sid(sid, &["SM", "MM"]) => sid,
-        Some(sid) => return Err(Unusable::MalformedSid { field: "MessageSid", expected: "SM or MM", value: clip(sid) }),
+        Some(sid) => {
+            return Err(Unusable::MalformedSid { field: "MessageSid", expected: "SM or MM", value: clip(sid) })
+        }
     };
     let account_sid = sid(params, "AccountSid", &["AC"], "AC")?;
     let from = params.non_blank("From").ok_or(Unusable::MissingSender("From"))?;
-    let user_phone = E164::parse_address(from)
-        .ok_or_else(|| Unusable::NotAPhoneNumber { field: "From", value: from.to_owned() })?;
+    let user_phone =
+        E164::parse_address(from).ok_or_else(|| Unusable::NotAPhoneNumber { field: "From", value: from.to_owned() })?;
     Ok(Webhook::Message(InboundMessage {
         kind: Kind::Dm,
         message_sid: message_sid.to_owned(),
@@ -193,8 +202,9 @@ fn messaging_content(params: &Params) -> ContentType {
     }
     let count: usize = params.non_blank("NumMedia").and_then(|n| n.parse().ok()).unwrap_or(0);
     // The kinds Twilio named; a media item without a content type says nothing of its kind.
-    let named: Vec<ContentType> =
-        (0..count.min(10)).filter_map(|i| params.non_blank(&format!("MediaContentType{i}")).map(ContentType::of_mime)).collect();
+    let named: Vec<ContentType> = (0..count.min(10))
+        .filter_map(|i| params.non_blank(&format!("MediaContentType{i}")).map(ContentType::of_mime))
+        .collect();
     match ContentType::of_media(named) {
         Some(kind) => kind,
         None if count > 0 => ContentType::Document,
@@ -254,7 +264,12 @@ mod tests {
 
     #[test]
     fn an_sms_is_a_dm_from_its_sender() {
-        let m = message(&[("MessageSid", "SM00000000000000000000000000000001"), ("From", "+14155550100"), ("To", "+14155550199"), ("Body", "hi")]);
+        let m = message(&[
+            ("MessageSid", "SM00000000000000000000000000000001"),
+            ("From", "+14155550100"),
+            ("To", "+14155550199"),
+            ("Body", "hi"),
+        ]);
         assert_eq!(m.kind, Kind::Dm);
         assert_eq!(m.user_phone.as_str(), "+14155550100");
         assert_eq!(m.channel, "+14155550100");
@@ -279,7 +294,10 @@ mod tests {
     #[test]
     fn content_type_follows_media_and_location() {
         let mms = |types: &[&str]| {
-            let mut pairs = vec![("MessageSid".to_string(), "MM00000000000000000000000000000001".to_string()), ("From".into(), "+14155550100".into())];
+            let mut pairs = vec![
+                ("MessageSid".to_string(), "MM00000000000000000000000000000001".to_string()),
+                ("From".into(), "+14155550100".into()),
+            ];
             pairs.push(("NumMedia".into(), types.len().to_string()));
             for (i, t) in types.iter().enumerate() {
                 pairs.push((format!("MediaContentType{i}"), t.to_string()));
@@ -294,9 +312,15 @@ mod tests {
         assert_eq!(mms(&["application/pdf"]), ContentType::Document);
         assert_eq!(mms(&["text/vcard"]), ContentType::Contact);
         assert_eq!(mms(&["video/mp4"]), ContentType::Video);
-        let loc = message(&[("MessageSid", "SM00000000000000000000000000000003"), ("From", "+14155550100"), ("Latitude", "1.5"), ("Longitude", "2")]);
+        let loc = message(&[
+            ("MessageSid", "SM00000000000000000000000000000003"),
+            ("From", "+14155550100"),
+            ("Latitude", "1.5"),
+            ("Longitude", "2"),
+        ]);
         assert_eq!(loc.content_type, ContentType::Location);
-        let empty = message(&[("MessageSid", "SM00000000000000000000000000000004"), ("From", "+14155550100"), ("Body", "")]);
+        let empty =
+            message(&[("MessageSid", "SM00000000000000000000000000000004"), ("From", "+14155550100"), ("Body", "")]);
         assert_eq!(empty.content_type, ContentType::Empty);
     }
 
@@ -318,9 +342,16 @@ mod tests {
 
     #[test]
     fn other_conversations_events_and_status_callbacks_are_ignored() {
-        let p = Params::from_pairs([("EventType", "onConversationAdded"), ("ConversationSid", "CH00000000000000000000000000000001")]);
+        let p = Params::from_pairs([
+            ("EventType", "onConversationAdded"),
+            ("ConversationSid", "CH00000000000000000000000000000001"),
+        ]);
         assert_eq!(parse(&p).unwrap(), Webhook::Ignored { event: "onConversationAdded".into() });
-        let p = Params::from_pairs([("MessageSid", "SM00000000000000000000000000000001"), ("From", "+14155550100"), ("MessageStatus", "delivered")]);
+        let p = Params::from_pairs([
+            ("MessageSid", "SM00000000000000000000000000000001"),
+            ("From", "+14155550100"),
+            ("MessageStatus", "delivered"),
+        ]);
         assert!(matches!(parse(&p).unwrap(), Webhook::Ignored { .. }));
     }
 
@@ -328,7 +359,12 @@ mod tests {
     fn a_message_without_a_usable_sender_is_unusable() {
         let p = Params::from_pairs([("MessageSid", "SM00000000000000000000000000000001"), ("Body", "who am I")]);
         assert_eq!(parse(&p), Err(Unusable::MissingSender("From")));
-        let p = Params::from_pairs([("EventType", "onMessageAdded"), ("ConversationSid", "CH00000000000000000000000000000001"), ("MessageSid", "IM00000000000000000000000000000001"), ("Author", "alice")]);
+        let p = Params::from_pairs([
+            ("EventType", "onMessageAdded"),
+            ("ConversationSid", "CH00000000000000000000000000000001"),
+            ("MessageSid", "IM00000000000000000000000000000001"),
+            ("Author", "alice"),
+        ]);
         assert!(matches!(parse(&p), Err(Unusable::NotAPhoneNumber { field: "Author", .. })));
         let p = Params::from_pairs([("From", "+14155550100")]);
         assert!(matches!(parse(&p), Err(Unusable::MissingMessageSid)));
@@ -379,13 +415,22 @@ mod tests {
 
     #[test]
     fn a_voice_call_is_ignored_not_dead_lettered() {
-        let p = Params::from_pairs([("CallSid", "CA0123456789abcdef0123456789abcdef"), ("From", "+14155550100"), ("CallStatus", "ringing")]);
+        let p = Params::from_pairs([
+            ("CallSid", "CA0123456789abcdef0123456789abcdef"),
+            ("From", "+14155550100"),
+            ("CallStatus", "ringing"),
+        ]);
         assert_eq!(parse(&p), Ok(Webhook::Ignored { event: "voice call".into() }));
     }
 
     #[test]
     fn media_without_a_content_type_does_not_make_a_message_mixed() {
-        let p = Params::from_pairs([("MessageSid", SM), ("From", "+14155550100"), ("NumMedia", "2"), ("MediaContentType0", "image/jpeg")]);
+        let p = Params::from_pairs([
+            ("MessageSid", SM),
+            ("From", "+14155550100"),
+            ("NumMedia", "2"),
+            ("MediaContentType0", "image/jpeg"),
+        ]);
         assert!(matches!(parse(&p), Ok(Webhook::Message(InboundMessage { content_type: ContentType::Image, .. }))));
         let p = Params::from_pairs([("MessageSid", SM), ("From", "+14155550100"), ("NumMedia", "1")]);
         assert!(matches!(parse(&p), Ok(Webhook::Message(InboundMessage { content_type: ContentType::Document, .. }))));

@@ -14,9 +14,12 @@ async fn genuine_answers(app: &TestApp, n: usize) -> Duration {
     let mut slowest = Duration::ZERO;
     for i in 0..n {
         let started = Instant::now();
-        let response = tokio::time::timeout(Duration::from_secs(10), app.post_signed(&sms(&unique_phone(), &format!("genuine {i}"))))
-            .await
-            .expect("a genuine webhook was not answered within 10 s");
+        let response = tokio::time::timeout(
+            Duration::from_secs(10),
+            app.post_signed(&sms(&unique_phone(), &format!("genuine {i}"))),
+        )
+        .await
+        .expect("a genuine webhook was not answered within 10 s");
         assert_eq!(response.status(), 200);
         slowest = slowest.max(started.elapsed());
     }
@@ -128,7 +131,8 @@ async fn forged_floods_are_cheap_and_genuine_webhooks_keep_their_deadline() {
     let flood = async {
         let client = reqwest::Client::new();
         let url = app.url();
-        let sends = (0..200).map(|_| client.post(&url).header("X-Twilio-Signature", "Zm9yZ2Vk").body(forged.clone()).send());
+        let sends =
+            (0..200).map(|_| client.post(&url).header("X-Twilio-Signature", "Zm9yZ2Vk").body(forged.clone()).send());
         let answers = futures_util::future::join_all(sends).await;
         answers.into_iter().filter(|a| a.as_ref().is_ok_and(|r| r.status() == 403)).count()
     };
@@ -153,13 +157,24 @@ async fn a_request_id_or_url_from_a_client_cannot_flood_the_log() {
     let base = format!("http://127.0.0.1:{port}{}", twilio_ingest::WEBHOOK_PATH);
     let long_query = format!("{base}?{}", "q".repeat(60_000));
     for (url, request_id) in [(long_query.as_str(), "x".repeat(5_000)), (base.as_str(), "evil\u{7f}id".into())] {
-        let response = client.post(url).header("X-Request-Id", request_id.as_str()).header("X-Twilio-Signature", "Zm9yZ2Vk").body("a=b").send().await;
+        let response = client
+            .post(url)
+            .header("X-Request-Id", request_id.as_str())
+            .header("X-Twilio-Signature", "Zm9yZ2Vk")
+            .body("a=b")
+            .send()
+            .await;
         if let Ok(response) = response {
             let echoed = response.headers().get("x-request-id").map(|v| v.len()).unwrap_or(0);
             assert_eq!(echoed, 36, "an unfit request id was echoed instead of replaced");
         }
     }
-    let ok = client.get(format!("http://127.0.0.1:{port}/healthz")).header("X-Request-Id", "trace-7f3a:b.c_d").send().await.unwrap();
+    let ok = client
+        .get(format!("http://127.0.0.1:{port}/healthz"))
+        .header("X-Request-Id", "trace-7f3a:b.c_d")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(ok.headers()["x-request-id"], "trace-7f3a:b.c_d", "a plain request id is kept");
     devstack::signal(child.id(), libc::SIGTERM);
     child.wait().unwrap();

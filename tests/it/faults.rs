@@ -85,7 +85,9 @@ async fn load_through_fault(
 /// answered 200 and stored exactly once after the spool drains.
 async fn nothing_is_lost_through(grants: Grants, key: KeyKind, fault: fn(&Stack), recover: fn(&Stack)) {
     let stack = Arc::new(Stack::start(grants).unwrap());
-    let app = spawn_app_at(&stack.url(), key, &temp_dir("spool"), fast_replay(), &[("INGEST_DEADLINE_MS", DEADLINE_MS)]).await;
+    let app =
+        spawn_app_at(&stack.url(), key, &temp_dir("spool"), fast_replay(), &[("INGEST_DEADLINE_MS", DEADLINE_MS)])
+            .await;
     let (a, b) = (stack.clone(), stack.clone());
     let sent = load_through_fault(&app, 300, move || fault(&a), move || recover(&b)).await;
     let acked = acknowledged(&sent);
@@ -97,12 +99,14 @@ async fn nothing_is_lost_through(grants: Grants, key: KeyKind, fault: fn(&Stack)
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgrest_killed_mid_run_and_restarted_loses_nothing() {
-    nothing_is_lost_through(Grants::None, KeyKind::Secret, Stack::kill_postgrest, |s| s.start_postgrest().unwrap()).await;
+    nothing_is_lost_through(Grants::None, KeyKind::Secret, Stack::kill_postgrest, |s| s.start_postgrest().unwrap())
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_restarted_mid_run_loses_nothing() {
-    nothing_is_lost_through(Grants::Default, KeyKind::LegacyJwt, Stack::stop_postgres, |s| s.start_postgres().unwrap()).await;
+    nothing_is_lost_through(Grants::Default, KeyKind::LegacyJwt, Stack::stop_postgres, |s| s.start_postgres().unwrap())
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -110,7 +114,9 @@ async fn a_stalled_gateway_still_gets_every_answer_within_the_deadline() {
     let stack = Stack::start(Grants::None).unwrap();
     let proxy = FaultProxy::start(stack.gateway_port);
     let url = format!("http://127.0.0.1:{}", proxy.port);
-    let app = spawn_app_at(&url, KeyKind::Secret, &temp_dir("spool"), fast_replay(), &[("INGEST_DEADLINE_MS", DEADLINE_MS)]).await;
+    let app =
+        spawn_app_at(&url, KeyKind::Secret, &temp_dir("spool"), fast_replay(), &[("INGEST_DEADLINE_MS", DEADLINE_MS)])
+            .await;
     proxy.set(FaultMode::Stall);
     let sent = send_load(app.url(), 200, 16, Arc::new(AtomicUsize::new(0))).await;
     let slowest = sent.iter().map(|(_, _, took)| *took).max().unwrap();
@@ -137,7 +143,9 @@ impl Service {
             .env("INGEST_DEADLINE_MS", DEADLINE_MS)
             .env("LOG_FORMAT", "json")
             .stdout(std::process::Stdio::null())
-            .stderr(std::fs::OpenOptions::new().create(true).append(true).open(spool_dir.with_extension("log")).unwrap())
+            .stderr(
+                std::fs::OpenOptions::new().create(true).append(true).open(spool_dir.with_extension("log")).unwrap(),
+            )
             .spawn()
             .unwrap();
         wait_for_listener(port);
@@ -271,7 +279,10 @@ async fn dlq_replay_moves_fixed_dead_letters_into_jobs_once_even_run_twice() {
     }
     assert_eq!(count(&stack, "select count(*) from dlq_jobs where error_kind = 'rejected' and replayed_at is null"), 5);
 
-    let supabase = Supabase::new(&stack.url(), &twilio_ingest::supabase::ServiceKey::parse(&KeyKind::LegacyJwt.service_key()).unwrap());
+    let supabase = Supabase::new(
+        &stack.url(),
+        &twilio_ingest::supabase::ServiceKey::parse(&KeyKind::LegacyJwt.service_key()).unwrap(),
+    );
     let still_broken = twilio_ingest::dlq::replay(&supabase, 100).await.unwrap();
     assert_eq!(still_broken.replayed.len(), 0);
     assert_eq!(still_broken.still_failing.len(), 5);
@@ -284,7 +295,10 @@ async fn dlq_replay_moves_fixed_dead_letters_into_jobs_once_even_run_twice() {
     assert_eq!((second.replayed.len(), second.still_failing.len()), (0, 0));
     let list = sql_list(&sids);
     assert_eq!(count(&stack, &format!("select count(*) from jobs where message_sid in ({list})")), 5);
-    assert_eq!(count(&stack, &format!("select count(distinct message_sid) from jobs where message_sid in ({list})")), 5);
+    assert_eq!(
+        count(&stack, &format!("select count(distinct message_sid) from jobs where message_sid in ({list})")),
+        5
+    );
     assert_eq!(count(&stack, "select count(*) from dlq_jobs where replayed_at is not null"), 5);
     app.stop().await;
 }

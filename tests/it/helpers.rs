@@ -100,11 +100,8 @@ impl TestApp {
     }
 
     pub async fn post_with_signature(&self, params: &Params, sig: Option<&str>) -> reqwest::Response {
-        let mut request = self
-            .client
-            .post(self.url())
-            .header("Content-Type", "application/x-www-form-urlencoded")
-            .body(form(params));
+        let mut request =
+            self.client.post(self.url()).header("Content-Type", "application/x-www-form-urlencoded").body(form(params));
         if let Some(sig) = sig {
             request = request.header("X-Twilio-Signature", sig);
         }
@@ -143,7 +140,12 @@ impl TestApp {
 
 /// The service binary, with nothing in its environment but a configuration for the test token,
 /// `supabase_url` and `key`, listening on loopback `port`.
-pub fn service_command(supabase_url: &str, key: KeyKind, spool_dir: &std::path::Path, port: u16) -> std::process::Command {
+pub fn service_command(
+    supabase_url: &str,
+    key: KeyKind,
+    spool_dir: &std::path::Path,
+    port: u16,
+) -> std::process::Command {
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_twilio-ingest"));
     cmd.env_clear()
         .env("TWILIO_AUTH_TOKEN", TOKEN)
@@ -240,7 +242,13 @@ pub fn assert_each_stored_once(stack: &Stack, sids: &[String]) {
         ),
     );
     let wrong: Vec<String> = rows.into_iter().flatten().filter(|r| !r.ends_with(":1")).collect();
-    assert!(wrong.is_empty(), "{} of {} messages not stored exactly once: {:?}", wrong.len(), sids.len(), &wrong[..wrong.len().min(10)]);
+    assert!(
+        wrong.is_empty(),
+        "{} of {} messages not stored exactly once: {:?}",
+        wrong.len(),
+        sids.len(),
+        &wrong[..wrong.len().min(10)]
+    );
 }
 
 /// Runs a scenario against an app on each shared stack, with each kind of key.

@@ -67,7 +67,8 @@ async fn metrics_count_webhooks_by_outcome_and_time_rest_calls() {
 #[tokio::test]
 async fn a_request_id_is_echoed_or_generated() {
     let app = spawn_app(shared_stack(Grants::Default), KeyKind::Secret).await;
-    let echoed = app.client.get(format!("http://{}/healthz", app.addr)).header("X-Request-Id", "req-42").send().await.unwrap();
+    let echoed =
+        app.client.get(format!("http://{}/healthz", app.addr)).header("X-Request-Id", "req-42").send().await.unwrap();
     assert_eq!(echoed.headers()["x-request-id"], "req-42");
     let generated = app.get("/healthz").await;
     assert_eq!(generated.headers()["x-request-id"].len(), 36);
@@ -89,7 +90,11 @@ fn bad_configuration_stops_start_up_naming_the_variable() {
         (Some("SUPABASE_URL"), None, "SUPABASE_URL is not set"),
         (Some("TWILIO_AUTH_TOKEN"), None, "TWILIO_AUTH_TOKEN is not set"),
         (None, Some(("PORT", "http")), "PORT is invalid"),
-        (None, Some(("SUPABASE_SERVICE_ROLE_KEY", devstack::PUBLISHABLE_KEY)), "SUPABASE_SERVICE_ROLE_KEY is invalid: this is a publishable key"),
+        (
+            None,
+            Some(("SUPABASE_SERVICE_ROLE_KEY", devstack::PUBLISHABLE_KEY)),
+            "SUPABASE_SERVICE_ROLE_KEY is invalid: this is a publishable key",
+        ),
     ] {
         let mut cmd = binary_for(stack, KeyKind::Secret, devstack::free_port());
         if let Some(var) = unset {
@@ -122,14 +127,18 @@ async fn logs_never_show_the_auth_token_or_the_service_key_even_at_trace() {
         for sig in [Some(sign(&sms(&unique_phone(), "a"))), None] {
             let params = sms(&unique_phone(), "logged");
             let sig = sig.map(|_| sign(&params)).unwrap_or_else(|| "forged".into());
-            let status = client.post(&url).header("X-Twilio-Signature", sig).body(form(&params)).send().await.unwrap().status();
+            let status =
+                client.post(&url).header("X-Twilio-Signature", sig).body(form(&params)).send().await.unwrap().status();
             assert!(status == 200 || status == 403);
         }
         let _ = client.get(format!("http://127.0.0.1:{port}/readyz")).send().await;
         devstack::signal(child.id(), libc::SIGTERM);
         child.wait().unwrap();
         let text = std::fs::read_to_string(&log).unwrap();
-        assert!(text.contains("webhook handled") && text.contains("refused a webhook"), "the log has the events:\n{text}");
+        assert!(
+            text.contains("webhook handled") && text.contains("refused a webhook"),
+            "the log has the events:\n{text}"
+        );
         let service_key = key.service_key();
         let jwt_signature = service_key.rsplit('.').next().unwrap();
         for secret in [TOKEN, service_key.as_str(), jwt_signature, devstack::SECRET_KEY] {
@@ -191,8 +200,14 @@ async fn send_signs_a_sample_message_that_the_service_ingests() {
     cmd.args(["send", "--from", &format!("whatsapp:{phone}"), "--profile-name", "Grace", "--message-sid", &sid]);
     let out = tokio::task::spawn_blocking(move || cmd.output().unwrap()).await.unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(read_column(stack, &format!("select user_id from jobs where message_sid = '{sid}'")), vec![Some(phone.clone())]);
-    assert_eq!(read_column(stack, &format!("select first_name from users where phone_number = '{phone}'")), vec![Some("Grace".into())]);
+    assert_eq!(
+        read_column(stack, &format!("select user_id from jobs where message_sid = '{sid}'")),
+        vec![Some(phone.clone())]
+    );
+    assert_eq!(
+        read_column(stack, &format!("select first_name from users where phone_number = '{phone}'")),
+        vec![Some("Grace".into())]
+    );
     app.stop().await;
 }
 
@@ -248,24 +263,27 @@ fn arbitrary_requests_never_break_the_edge() {
     let config = ProptestConfig { cases: 48, failure_persistence: None, ..ProptestConfig::default() };
     let mut runner = proptest::test_runner::TestRunner::new(config);
     runner
-        .run(&(arbitrary_params(), prop::collection::vec(any::<u8>(), 0..200), "[ -~]{0,40}"), |(pairs, raw, header)| {
-            runtime.block_on(async {
-                let params = Params::from_pairs(pairs);
-                let signed = app.post_signed(&params).await.status();
-                prop_assert_eq!(signed, 200);
-                let unsigned = app
-                    .client
-                    .post(app.url())
-                    .header("X-Twilio-Signature", header.trim())
-                    .body(raw)
-                    .send()
-                    .await
-                    .unwrap()
-                    .status();
-                prop_assert_eq!(unsigned, 403);
-                Ok(())
-            })
-        })
+        .run(
+            &(arbitrary_params(), prop::collection::vec(any::<u8>(), 0..200), "[ -~]{0,40}"),
+            |(pairs, raw, header)| {
+                runtime.block_on(async {
+                    let params = Params::from_pairs(pairs);
+                    let signed = app.post_signed(&params).await.status();
+                    prop_assert_eq!(signed, 200);
+                    let unsigned = app
+                        .client
+                        .post(app.url())
+                        .header("X-Twilio-Signature", header.trim())
+                        .body(raw)
+                        .send()
+                        .await
+                        .unwrap()
+                        .status();
+                    prop_assert_eq!(unsigned, 403);
+                    Ok(())
+                })
+            },
+        )
         .unwrap();
     runtime.block_on(app.stop());
     // Only the signed requests wrote anything: each became a job, a dead letter, or nothing.

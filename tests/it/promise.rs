@@ -44,7 +44,13 @@ fn poison() -> Vec<Params> {
     };
     let long_sid = {
         let pairs = sms(&unique_phone(), "long").pairs().to_vec();
-        Params::from_pairs(pairs.into_iter().map(|(k, v)| if k == "MessageSid" { (k, "SM".to_owned() + &"a".repeat(10_000)) } else { (k, v) }))
+        Params::from_pairs(pairs.into_iter().map(|(k, v)| {
+            if k == "MessageSid" {
+                (k, "SM".to_owned() + &"a".repeat(10_000))
+            } else {
+                (k, v)
+            }
+        }))
     };
     // A captured message with a boundary moved: `MessageSid=SM…NumMedia0`, NumMedia removed.
     let spliced = {
@@ -93,7 +99,10 @@ async fn poison_in_the_spool_does_not_strand_the_messages_behind_it() {
     spool_while_down(&spool, &messages).await;
     replay(stack, &spool).await;
     assert_each_stored_once(stack, &[sid(&first), sid(&last)]);
-    assert_eq!(count(stack, &format!("select count(*) from jobs where message_sid in ('{}', '{}')", sid(&first), sid(&last))), 2);
+    assert_eq!(
+        count(stack, &format!("select count(*) from jobs where message_sid in ('{}', '{}')", sid(&first), sid(&last))),
+        2
+    );
 }
 
 /// Offsets at which the records of a new-format segment start.
@@ -131,8 +140,10 @@ async fn damage_in_the_middle_of_a_spool_segment_costs_only_the_damaged_record()
     assert_each_stored_once(stack, &survivors);
     assert_eq!(count(stack, &format!("select count(*) from jobs where message_sid = '{}'", sid(&messages[5]))), 0);
     // The damaged bytes were moved aside, not deleted: the record and the zeros.
-    let quarantined: Vec<Vec<u8>> =
-        std::fs::read_dir(spool.join("quarantine")).unwrap().map(|e| std::fs::read(e.unwrap().path()).unwrap()).collect();
+    let quarantined: Vec<Vec<u8>> = std::fs::read_dir(spool.join("quarantine"))
+        .unwrap()
+        .map(|e| std::fs::read(e.unwrap().path()).unwrap())
+        .collect();
     assert_eq!(quarantined.iter().map(Vec::len).sum::<usize>(), (starts[6] - starts[5]) + 512);
     assert!(segments(&spool).is_empty(), "the replayed segment is gone");
 }
@@ -214,21 +225,33 @@ async fn a_full_disk_answers_503_truthfully_and_the_depth_stays_true() {
             other => panic!("answered {other}"),
         }
     }
-    assert!(!acknowledged.is_empty() && !refused.is_empty(), "{} acknowledged, {} refused", acknowledged.len(), refused.len());
+    assert!(
+        !acknowledged.is_empty() && !refused.is_empty(),
+        "{} acknowledged, {} refused",
+        acknowledged.len(),
+        refused.len()
+    );
     assert_eq!(app.ingestor.spool_depth(), acknowledged.len() as u64, "the depth is what the disk holds");
     app.stop().await;
 
     replay(stack, &disk.0).await;
     assert_each_stored_once(stack, &acknowledged);
-    let stored_anyway = count(stack, &format!("select count(*) from jobs where message_sid in ({})", sql_list(&refused)));
+    let stored_anyway =
+        count(stack, &format!("select count(*) from jobs where message_sid in ({})", sql_list(&refused)));
     assert_eq!(stored_anyway, 0, "messages answered 503 were stored");
 }
 
 /// An app talking to `stack` through a fault proxy, with replay every 100 ms.
 async fn app_behind(proxy: &FaultProxy) -> TestApp {
     let settings = Settings { replay_interval: Duration::from_millis(100), ..Settings::default() };
-    spawn_app_at(&format!("http://127.0.0.1:{}", proxy.port), KeyKind::LegacyJwt, &temp_dir("spool"), settings, &[("INGEST_DEADLINE_MS", "800")])
-        .await
+    spawn_app_at(
+        &format!("http://127.0.0.1:{}", proxy.port),
+        KeyKind::LegacyJwt,
+        &temp_dir("spool"),
+        settings,
+        &[("INGEST_DEADLINE_MS", "800")],
+    )
+    .await
 }
 
 /// Sends one message through a lying upstream: it must be acknowledged from the spool, with
@@ -303,7 +326,10 @@ async fn dlq_replay_makes_progress_past_letters_that_keep_failing() {
             ))
             .unwrap();
     }
-    let supabase = twilio_ingest::supabase::Supabase::new(&stack.url(), &twilio_ingest::supabase::ServiceKey::parse(&KeyKind::Secret.service_key()).unwrap());
+    let supabase = twilio_ingest::supabase::Supabase::new(
+        &stack.url(),
+        &twilio_ingest::supabase::ServiceKey::parse(&KeyKind::Secret.service_key()).unwrap(),
+    );
     let first = twilio_ingest::dlq::replay(&supabase, 1000).await.unwrap();
     assert_eq!((first.replayed.len(), first.still_failing.len()), (0, 1000));
     let second = twilio_ingest::dlq::replay(&supabase, 1000).await.unwrap();
@@ -313,7 +339,10 @@ async fn dlq_replay_makes_progress_past_letters_that_keep_failing() {
 
     let run = |args: &[&str]| {
         let out = service_command(&stack.url(), KeyKind::Secret, &temp_dir("spool"), 8080).args(args).output().unwrap();
-        (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr))
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+        )
     };
     let (ok, listed) = run(&["dlq", "list"]);
     assert!(ok && listed.contains("1005 dead letter(s) waiting, the oldest 50 shown"), "{listed}");

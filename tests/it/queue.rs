@@ -30,7 +30,8 @@ impl Worker {
 
     async fn rpc(&self, function: &str, args: Value) -> (u16, Value) {
         let key = self.key.service_key();
-        let mut request = self.client.post(format!("{}/rest/v1/rpc/{function}", self.url)).header("apikey", &key).json(&args);
+        let mut request =
+            self.client.post(format!("{}/rest/v1/rpc/{function}", self.url)).header("apikey", &key).json(&args);
         if self.key == KeyKind::LegacyJwt {
             request = request.bearer_auth(&key);
         }
@@ -47,8 +48,9 @@ impl Worker {
     }
 
     async fn claim(&self, max_jobs: u32, lease_seconds: u32) -> Vec<Value> {
-        let claimed =
-            self.call("claim_jobs", json!({"worker": self.name, "max_jobs": max_jobs, "lease_seconds": lease_seconds})).await;
+        let claimed = self
+            .call("claim_jobs", json!({"worker": self.name, "max_jobs": max_jobs, "lease_seconds": lease_seconds}))
+            .await;
         claimed.as_array().unwrap().clone()
     }
 
@@ -97,7 +99,10 @@ async fn enqueue(stack: &Stack, arrivals: &[(String, i64)]) -> Vec<String> {
         .collect();
     let sids = jobs.iter().map(|j| j.message_sid.clone()).collect();
     jobs.shuffle(&mut rand::thread_rng());
-    let supabase = Supabase::new(&stack.url(), &twilio_ingest::supabase::ServiceKey::parse(&KeyKind::Secret.service_key()).unwrap());
+    let supabase = Supabase::new(
+        &stack.url(),
+        &twilio_ingest::supabase::ServiceKey::parse(&KeyKind::Secret.service_key()).unwrap(),
+    );
     for batch in jobs.chunks(200) {
         let batch: Vec<&EncodedJob> = batch.iter().collect();
         supabase.ingest_batch(&batch, Duration::from_secs(30)).await.unwrap();
@@ -229,7 +234,14 @@ async fn a_message_that_waited_in_the_spool_keeps_its_place_in_its_channel() {
     let sender = unique_phone();
     let spool = temp_dir("spool");
     // Supabase is unreachable: the first message is acknowledged from the spool.
-    let down = spawn_app_at("http://127.0.0.1:1", KeyKind::Secret, &spool, Default::default(), &[("INGEST_DEADLINE_MS", "600")]).await;
+    let down = spawn_app_at(
+        "http://127.0.0.1:1",
+        KeyKind::Secret,
+        &spool,
+        Default::default(),
+        &[("INGEST_DEADLINE_MS", "600")],
+    )
+    .await;
     let first = sms(&sender, "first");
     assert_eq!(down.post_signed(&first).await.status(), 200);
     assert_eq!(down.ingestor.spool_depth(), 1);
@@ -266,8 +278,14 @@ async fn a_worker_that_dies_mid_job_loses_nothing() {
     assert_eq!((id(&rescued[0]), rescued[0]["attempts"].as_i64()), (id(&claimed[0]), Some(2)));
     // The dead worker comes back too late: its completion and its heartbeat are refused.
     assert!(dead.complete(&[id(&claimed[0])]).await.is_empty());
-    assert_eq!(dead.call("extend_job_lease", json!({"id": id(&claimed[0]), "worker": "dead", "lease_seconds": 60})).await, json!(false));
-    assert_eq!(alive.call("extend_job_lease", json!({"id": id(&claimed[0]), "worker": "alive", "lease_seconds": 60})).await, json!(true));
+    assert_eq!(
+        dead.call("extend_job_lease", json!({"id": id(&claimed[0]), "worker": "dead", "lease_seconds": 60})).await,
+        json!(false)
+    );
+    assert_eq!(
+        alive.call("extend_job_lease", json!({"id": id(&claimed[0]), "worker": "alive", "lease_seconds": 60})).await,
+        json!(true)
+    );
     assert_eq!(alive.complete(&[id(&claimed[0])]).await, vec![id(&claimed[0]).to_owned()]);
 }
 
@@ -308,7 +326,10 @@ async fn retries_back_off_and_exhausted_attempts_end_in_failed() {
     let job = worker.claim(1, 60).await.remove(0);
     assert_eq!(job["attempts"].as_i64(), Some(3));
     assert_eq!(worker.fail(id(&job), "still flaky", Some(0), false).await, "failed");
-    assert_eq!(read_column(&stack, "select status || ' ' || last_error from jobs")[0].as_deref(), Some("failed still flaky"));
+    assert_eq!(
+        read_column(&stack, "select status || ' ' || last_error from jobs")[0].as_deref(),
+        Some("failed still flaky")
+    );
 
     // Requeued by an operator, with its attempts reset.
     let requeued = worker.call("retry_failed_jobs", json!({"ids": [id(&job)]})).await;
@@ -329,18 +350,15 @@ async fn terminal_states_never_change_whoever_writes() {
     let client = reqwest::Client::new();
     let key = KeyKind::Secret.service_key();
     let patch = |filter: String, body: Value| {
-        client
-            .patch(format!("{}/rest/v1/jobs?{filter}", stack.url()))
-            .header("apikey", &key)
-            .json(&body)
-            .send()
+        client.patch(format!("{}/rest/v1/jobs?{filter}", stack.url())).header("apikey", &key).json(&body).send()
     };
     let back = patch(format!("id=eq.{}", id(&job)), json!({"status": "pending"})).await.unwrap();
     assert_eq!(back.status(), 400, "complete -> pending was allowed");
     assert!(back.text().await.unwrap().contains("final"));
-    let skip = patch(format!("status=eq.pending&source_channel_id=eq.{}", urlencode(&sender)), json!({"status": "complete"}))
-        .await
-        .unwrap();
+    let skip =
+        patch(format!("status=eq.pending&source_channel_id=eq.{}", urlencode(&sender)), json!({"status": "complete"}))
+            .await
+            .unwrap();
     assert_eq!(skip.status(), 400, "pending -> complete without a claim was allowed");
     assert_eq!(count(&stack, "select count(*) from jobs where status = 'complete'"), 1);
     // Completing twice, or completing a job never claimed, does nothing.
@@ -363,11 +381,21 @@ async fn stats_show_the_queue_by_source_type_and_status() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|r| (r["source_type"].as_str().unwrap().into(), r["status"].as_str().unwrap().into(), r["jobs"].as_i64().unwrap()))
+        .map(|r| {
+            (
+                r["source_type"].as_str().unwrap().into(),
+                r["status"].as_str().unwrap().into(),
+                r["jobs"].as_i64().unwrap(),
+            )
+        })
         .collect();
     assert_eq!(
         rows,
-        [("dm".into(), "complete".into(), 1), ("dm".into(), "pending".into(), 4), ("dm".into(), "processing".into(), 1)]
+        [
+            ("dm".into(), "complete".into(), 1),
+            ("dm".into(), "pending".into(), 4),
+            ("dm".into(), "processing".into(), 1)
+        ]
     );
 }
 
@@ -388,8 +416,10 @@ async fn an_ingest_batch_wakes_a_listening_worker() {
     let app = spawn_app(&stack, KeyKind::Secret).await;
     let started = Instant::now();
     assert_eq!(app.post_signed(&sms(&unique_phone(), "wake up")).await.status(), 200);
-    let (channel, payload) =
-        tokio::time::timeout(Duration::from_secs(5), notifications.recv()).await.expect("a notification within 5 s").unwrap();
+    let (channel, payload) = tokio::time::timeout(Duration::from_secs(5), notifications.recv())
+        .await
+        .expect("a notification within 5 s")
+        .unwrap();
     assert_eq!((channel.as_str(), payload.as_str()), ("jobs", r#"{"inserted" : 1}"#));
     assert!(started.elapsed() < Duration::from_secs(2));
     // A Twilio retry inserts nothing, and wakes no one.
@@ -407,18 +437,28 @@ fn anon_and_authenticated_may_call_no_queue_function() {
             let client = reqwest::Client::new();
             let anon = jwt("anon");
             let authenticated = jwt("authenticated");
-            let callers = [(anon.as_str(), Some(anon.as_str())), (PUBLISHABLE_KEY, None), (anon.as_str(), Some(authenticated.as_str()))];
+            let callers = [
+                (anon.as_str(), Some(anon.as_str())),
+                (PUBLISHABLE_KEY, None),
+                (anon.as_str(), Some(authenticated.as_str())),
+            ];
             for (apikey, bearer) in callers {
                 for (function, args) in [
                     ("claim_jobs", json!({"worker": "intruder", "max_jobs": 10})),
                     ("complete_jobs", json!({"worker": "intruder", "jobs": []})),
                     ("fail_job", json!({"id": uuid::Uuid::new_v4().to_string(), "worker": "intruder", "error": "x"})),
-                    ("extend_job_lease", json!({"id": uuid::Uuid::new_v4().to_string(), "worker": "intruder", "lease_seconds": 60})),
+                    (
+                        "extend_job_lease",
+                        json!({"id": uuid::Uuid::new_v4().to_string(), "worker": "intruder", "lease_seconds": 60}),
+                    ),
                     ("job_queue_stats", json!({})),
                     ("retry_failed_jobs", json!({})),
                     ("ingest_function_report", json!({})),
                 ] {
-                    let mut request = client.post(format!("{}/rest/v1/rpc/{function}", stack.url())).header("apikey", apikey).json(&args);
+                    let mut request = client
+                        .post(format!("{}/rest/v1/rpc/{function}", stack.url()))
+                        .header("apikey", apikey)
+                        .json(&args);
                     if let Some(bearer) = bearer {
                         request = request.bearer_auth(bearer);
                     }
@@ -490,7 +530,10 @@ async fn operators_see_the_queue_and_requeue_failed_jobs_from_the_command_line()
     }
     let run = |args: &[&str]| {
         let out = service_command(&stack.url(), KeyKind::Secret, &temp_dir("spool"), 8080).args(args).output().unwrap();
-        (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr))
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+        )
     };
     let (ok, stats) = run(&["jobs", "stats"]);
     assert!(ok, "{stats}");

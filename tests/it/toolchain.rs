@@ -22,8 +22,14 @@ fn migrations_are_pushed_by_the_cli_as_a_postgres_that_is_not_a_superuser() {
     for grants in [Grants::Default, Grants::None] {
         let stack = shared_stack(grants);
         assert_eq!(read_column(stack, "show server_version_num")[0].as_deref().unwrap()[..2], *"17");
-        assert_eq!(read_column(stack, "select rolsuper::text from pg_roles where rolname = current_user"), [Some("false".into())]);
-        assert_eq!(read_column(stack, "select tableowner::text from pg_tables where tablename = 'jobs'"), [Some("postgres".into())]);
+        assert_eq!(
+            read_column(stack, "select rolsuper::text from pg_roles where rolname = current_user"),
+            [Some("false".into())]
+        );
+        assert_eq!(
+            read_column(stack, "select tableowner::text from pg_tables where tablename = 'jobs'"),
+            [Some("postgres".into())]
+        );
         // The CLI's own history, as on a hosted project: one row per migration file.
         assert_eq!(count(stack, "select count(*) from supabase_migrations.schema_migrations"), migration_files());
         // A second push finds nothing to do and changes nothing.
@@ -137,14 +143,21 @@ async fn a_release_ahead_of_its_migration_spools_and_heals_once_it_is_pushed() {
         }
         assert_eq!(app.ingestor.spool_depth(), 5, "{grants:?}");
         assert_eq!(count(&stack, "select count(*) from jobs"), 0);
-        assert_eq!(count(&stack, "select count(*) from dlq_jobs"), 0, "{grants:?}: a missing function dead-lettered messages");
+        assert_eq!(
+            count(&stack, "select count(*) from dlq_jobs"),
+            0,
+            "{grants:?}: a missing function dead-lettered messages"
+        );
         let not_ready = app.get("/readyz").await;
         assert_eq!(not_ready.status(), 503);
         let body = not_ready.text().await.unwrap();
         assert!(body.contains("function ingest_batch") && body.contains("supabase db push --remote"), "{body}");
 
         stack.push_migrations(&repo_root(), false).unwrap();
-        assert!(app.wait_for_empty_spool(Duration::from_secs(30)).await, "{grants:?}: the spool did not drain after the push");
+        assert!(
+            app.wait_for_empty_spool(Duration::from_secs(30)).await,
+            "{grants:?}: the spool did not drain after the push"
+        );
         assert_each_stored_once(&stack, &sids);
         assert_eq!(count(&stack, &format!("select count(*) from jobs where message_sid in ({})", sql_list(&sids))), 5);
         assert_eq!(app.get("/readyz").await.status(), 200);

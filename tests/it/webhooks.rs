@@ -28,7 +28,10 @@ async fn a_dm_via_sms_creates_the_user_and_a_dm_job(stack: &Stack, app: &TestApp
          from jobs where message_sid = '{sid}'"
     ));
     assert_eq!(job, vec![Some(format!("{phone}|{phone}|dm|{phone}|text|pending|hello there|{sid}"))]);
-    assert_eq!(count(stack, &format!("select count(*) from users where phone_number = '{phone}' and first_name is null")), 1);
+    assert_eq!(
+        count(stack, &format!("select count(*) from users where phone_number = '{phone}' and first_name is null")),
+        1
+    );
 }
 
 on_every_stack!(a_whatsapp_dm_strips_the_prefix_and_names_the_user);
@@ -42,9 +45,15 @@ async fn a_whatsapp_dm_strips_the_prefix_and_names_the_user(stack: &Stack, app: 
     let sid = params.get("MessageSid").unwrap().to_owned();
     assert_twiml(app.post_signed(&params).await).await;
 
-    assert_eq!(read_column(stack, &format!("select first_name from users where phone_number = '{phone}'")), vec![Some("Ada".into())]);
     assert_eq!(
-        read_column(stack, &format!("select user_phone || '|' || source_channel_id from jobs where message_sid = '{sid}'")),
+        read_column(stack, &format!("select first_name from users where phone_number = '{phone}'")),
+        vec![Some("Ada".into())]
+    );
+    assert_eq!(
+        read_column(
+            stack,
+            &format!("select user_phone || '|' || source_channel_id from jobs where message_sid = '{sid}'")
+        ),
         vec![Some(format!("{phone}|{wa}"))]
     );
 
@@ -52,7 +61,10 @@ async fn a_whatsapp_dm_strips_the_prefix_and_names_the_user(stack: &Stack, app: 
     let mut again = sms(&wa, "again").pairs().to_vec();
     again.push(("ProfileName".into(), "Someone Else".into()));
     assert_twiml(app.post_signed(&Params::from_pairs(again)).await).await;
-    assert_eq!(read_column(stack, &format!("select first_name from users where phone_number = '{phone}'")), vec![Some("Ada".into())]);
+    assert_eq!(
+        read_column(stack, &format!("select first_name from users where phone_number = '{phone}'")),
+        vec![Some("Ada".into())]
+    );
     assert_eq!(count(stack, &format!("select count(*) from jobs where user_id = '{phone}'")), 2);
 }
 
@@ -108,7 +120,10 @@ async fn a_user_stored_without_a_name_is_named_by_a_later_message(stack: &Stack,
     let mut named = sms(&wa, "second").pairs().to_vec();
     named.push(("ProfileName".into(), "Grace".into()));
     assert_eq!(app.ingestor.ingest(&Params::from_pairs(named), Arrival::now()).await.unwrap().0, Outcome::Ingested);
-    assert_eq!(read_column(stack, &format!("select first_name from users where phone_number = '{phone}'")), vec![Some("Grace".into())]);
+    assert_eq!(
+        read_column(stack, &format!("select first_name from users where phone_number = '{phone}'")),
+        vec![Some("Grace".into())]
+    );
 }
 
 on_every_stack!(a_user_deleted_behind_the_services_back_is_stored_again);
@@ -116,7 +131,9 @@ async fn a_user_deleted_behind_the_services_back_is_stored_again(stack: &Stack, 
     let phone = unique_phone();
     assert_eq!(app.ingestor.ingest(&sms(&phone, "first"), Arrival::now()).await.unwrap().0, Outcome::Ingested);
     stack
-        .execute(&format!("delete from jobs where user_id = '{phone}'; delete from users where phone_number = '{phone}';"))
+        .execute(&format!(
+            "delete from jobs where user_id = '{phone}'; delete from users where phone_number = '{phone}';"
+        ))
         .unwrap();
 
     let params = sms(&phone, "after the delete");
@@ -138,7 +155,9 @@ async fn a_known_users_messages_leave_the_users_row_unlocked(stack: &Stack, app:
     // check does not) for longer than the request's deadline.
     let (db, connection) = tokio_postgres::connect(&stack.db_url(), tokio_postgres::NoTls).await.unwrap();
     let connection = tokio::spawn(connection);
-    db.batch_execute(&format!("begin; select from users where phone_number = '{phone}' for no key update;")).await.unwrap();
+    db.batch_execute(&format!("begin; select from users where phone_number = '{phone}' for no key update;"))
+        .await
+        .unwrap();
 
     let params = sms(&phone, "while the row is locked");
     let outcome = app.ingestor.ingest(&params, Arrival::now()).await.unwrap().0;
@@ -205,7 +224,8 @@ on_every_stack!(a_forged_signature_writes_nothing);
 async fn a_forged_signature_writes_nothing(stack: &Stack, app: &TestApp) {
     let phone = unique_phone();
     let params = sms(&phone, "forged");
-    let wrong = twilio_ingest::twilio::signature::sign("not-the-token", &format!("{PUBLIC_URL}/webhooks/twilio"), &params);
+    let wrong =
+        twilio_ingest::twilio::signature::sign("not-the-token", &format!("{PUBLIC_URL}/webhooks/twilio"), &params);
     assert_eq!(app.post_with_signature(&params, Some(&wrong)).await.status(), 403);
     assert_eq!(app.post_with_signature(&params, None).await.status(), 403);
     assert_eq!(count(stack, &format!("select count(*) from users where phone_number = '{phone}'")), 0);
@@ -253,13 +273,19 @@ async fn an_mms_with_two_media_keeps_both_in_the_payload(stack: &Stack, app: &Te
 
 on_every_stack!(a_signed_message_without_a_sender_is_dead_lettered);
 async fn a_signed_message_without_a_sender_is_dead_lettered(stack: &Stack, app: &TestApp) {
-    let params: Vec<(String, String)> = sms("+15005550006", "who am I").pairs().iter().filter(|(k, _)| k != "From").cloned().collect();
+    let params: Vec<(String, String)> =
+        sms("+15005550006", "who am I").pairs().iter().filter(|(k, _)| k != "From").cloned().collect();
     let params = Params::from_pairs(params);
     let sid = params.get("MessageSid").unwrap().to_owned();
     assert_twiml(app.post_signed(&params).await).await;
     assert_eq!(count(stack, &format!("select count(*) from jobs where message_sid = '{sid}'")), 0);
     assert_eq!(
-        read_column(stack, &format!("select concat_ws('|', error_kind, error, payload->>'Body') from dlq_jobs where message_sid = '{sid}'")),
+        read_column(
+            stack,
+            &format!(
+                "select concat_ws('|', error_kind, error, payload->>'Body') from dlq_jobs where message_sid = '{sid}'"
+            )
+        ),
         vec![Some("unusable|no sender: From is missing|who am I".into())]
     );
 }
@@ -272,7 +298,10 @@ async fn an_unusable_message_sent_twice_is_dead_lettered_once(stack: &Stack, app
     assert_twiml(app.post_signed(&params).await).await;
     assert_twiml(app.post_signed(&params).await).await;
     assert_eq!(
-        read_column(stack, &format!("select error_kind || '|' || error from dlq_jobs where payload->>'Body' = '{marker}'")),
+        read_column(
+            stack,
+            &format!("select error_kind || '|' || error from dlq_jobs where payload->>'Body' = '{marker}'")
+        ),
         vec![Some("unusable|no MessageSid: the webhook has no message id".into())]
     );
 }
@@ -286,7 +315,10 @@ async fn a_repeated_key_is_kept_as_an_array_in_the_payload(stack: &Stack, app: &
     let sid = params.get("MessageSid").unwrap().to_owned();
     assert_twiml(app.post_signed(&params).await).await;
     assert_eq!(
-        read_column(stack, &format!("select payload->>'MessagingBinding.Address' from jobs where message_sid = '{sid}'")),
+        read_column(
+            stack,
+            &format!("select payload->>'MessagingBinding.Address' from jobs where message_sid = '{sid}'")
+        ),
         vec![Some(r#"["+15005550006", "+15005550007"]"#.into())]
     );
 }
@@ -331,7 +363,14 @@ fn the_anon_key_can_neither_read_nor_write_any_table() {
     }
 }
 
-async fn with_rpc_key(client: &reqwest::Client, url: &str, function: &str, args: &'static str, apikey: &str, bearer: Option<&str>) -> u16 {
+async fn with_rpc_key(
+    client: &reqwest::Client,
+    url: &str,
+    function: &str,
+    args: &'static str,
+    apikey: &str,
+    bearer: Option<&str>,
+) -> u16 {
     let mut r = client
         .post(format!("{url}/rest/v1/rpc/{function}"))
         .header("apikey", apikey)
@@ -379,7 +418,10 @@ async fn an_insert_refused_by_postgrest_is_dead_lettered_and_answered_200() {
         let letter = read_column(&stack, &format!("select error_kind || '|' || error || '|' || (payload->>'Body') from dlq_jobs where message_sid = '{sid}'"));
         assert_eq!(letter.len(), 1, "{grants:?}");
         let letter = letter[0].clone().unwrap();
-        assert!(letter.starts_with("rejected|PostgREST answered 403 (42501): permission denied for table jobs"), "{letter}");
+        assert!(
+            letter.starts_with("rejected|PostgREST answered 403 (42501): permission denied for table jobs"),
+            "{letter}"
+        );
         assert!(letter.ends_with("|refused"), "{letter}");
         app.stop().await;
     }

@@ -199,8 +199,11 @@ fn request_path(request: &[u8]) -> String {
 fn force_close(request: &[u8]) -> Vec<u8> {
     let head_end = request.windows(4).position(|w| w == b"\r\n\r\n").map_or(request.len(), |e| e + 2);
     let head = String::from_utf8_lossy(&request[..head_end]);
-    let mut out: String =
-        head.split("\r\n").filter(|l| !l.is_empty() && !l.to_ascii_lowercase().starts_with("connection:")).map(|l| format!("{l}\r\n")).collect();
+    let mut out: String = head
+        .split("\r\n")
+        .filter(|l| !l.is_empty() && !l.to_ascii_lowercase().starts_with("connection:"))
+        .map(|l| format!("{l}\r\n"))
+        .collect();
     out.push_str("Connection: close\r\n");
     let mut out = out.into_bytes();
     out.extend_from_slice(&request[head_end..]);

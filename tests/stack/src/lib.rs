@@ -6,6 +6,7 @@
 //! with the process that started it. `scripts/install-deps` puts the binaries in `.tools/`.
 
 mod fault;
+#[allow(unsafe_code)]
 mod process;
 
 use std::fs;
@@ -176,18 +177,31 @@ impl Stack {
         process::give_to_postgres(&self.dir)?;
         process::give_to_postgres(&data)?;
         let mut cmd = Command::new(self.bins.pg.join("initdb"));
-        cmd.args(["-D"]).arg(&data).args(["-U", "supabase_admin", "--auth=trust", "-E", "UTF8", "--locale=C.UTF-8", "--no-sync"]);
+        cmd.args(["-D"]).arg(&data).args([
+            "-U",
+            "supabase_admin",
+            "--auth=trust",
+            "-E",
+            "UTF8",
+            "--locale=C.UTF-8",
+            "--no-sync",
+        ]);
         process::run_as_postgres(cmd, &self.dir.join("initdb.log"))
     }
 
     pub fn start_postgres(&self) -> Result<()> {
         let mut cmd = Command::new(self.bins.pg.join("postgres"));
         cmd.arg("-D").arg(self.dir.join("pg")).args([
-            "-c", "listen_addresses=127.0.0.1",
-            "-c", &format!("port={}", self.pg_port),
-            "-c", "unix_socket_directories=",
-            "-c", "max_connections=100",
-            "-c", "shared_buffers=64MB",
+            "-c",
+            "listen_addresses=127.0.0.1",
+            "-c",
+            &format!("port={}", self.pg_port),
+            "-c",
+            "unix_socket_directories=",
+            "-c",
+            "max_connections=100",
+            "-c",
+            "shared_buffers=64MB",
         ]);
         let child = process::spawn_as_postgres(cmd, &self.dir.join("postgres.log"))?;
         self.keep(Part::Postgres, child, self.pg_port, "PostgreSQL")

@@ -60,7 +60,13 @@ fn main() -> ExitCode {
         ("SUPABASE_SERVICE_ROLE_KEY", key.service_key()),
         ("DATABASE_URL", stack.database_url()),
     ];
-    eprintln!("devstack: ready at {} (database on port {}, {:?} key, {:?} grants)", stack.url(), stack.pg_port, key, grants);
+    eprintln!(
+        "devstack: ready at {} (database on port {}, {:?} key, {:?} grants)",
+        stack.url(),
+        stack.pg_port,
+        key,
+        grants
+    );
 
     let Some((program, rest)) = args.command.split_first() else {
         for (k, v) in &env {
