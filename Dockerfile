@@ -1,6 +1,8 @@
 # syntax=docker/dockerfile:1
 # Build: dependencies are compiled in their own layer, cached until Cargo.toml or Cargo.lock change.
-FROM rust:1-slim-bookworm AS build
+# Pinned, so a release builds with the toolchain it was tested with (rust-version in Cargo.toml
+# is the floor).
+FROM rust:1.95-slim-bookworm AS build
 WORKDIR /app
 COPY Cargo.toml Cargo.lock ./
 COPY tests/stack/Cargo.toml tests/stack/Cargo.toml
@@ -13,15 +15,17 @@ RUN mkdir -p src benches tests/stack/src \
 COPY src src
 RUN touch src/main.rs src/lib.rs && cargo build --release --locked --bin twilio-ingest
 
-# Run: a slim base with CA certificates for HTTPS to Supabase, and an unprivileged user.
+# Run: a slim base with CA certificates for HTTPS to Supabase, and an unprivileged user whose uid
+# and gid are fixed, so file owners on the volume stay the same from one release to the next.
 FROM debian:bookworm-slim
 RUN apt-get update \
  && apt-get install -y --no-install-recommends ca-certificates \
  && rm -rf /var/lib/apt/lists/* \
- && useradd --system --uid 10001 --user-group --home-dir /nonexistent --shell /usr/sbin/nologin app
+ && groupadd --system --gid 10001 app \
+ && useradd --system --uid 10001 --gid 10001 --home-dir /nonexistent --shell /usr/sbin/nologin app
 COPY --from=build /app/target/release/twilio-ingest /usr/local/bin/twilio-ingest
 COPY scripts/docker-entrypoint.sh /usr/local/bin/docker-entrypoint
-ENV PORT=8080 SPOOL_DIR=/data/spool LOG_FORMAT=json
-EXPOSE 8080
+ENV PORT=8080 OPS_PORT=9091 SPOOL_DIR=/data/spool LOG_FORMAT=json
+EXPOSE 8080 9091
 ENTRYPOINT ["/usr/local/bin/docker-entrypoint"]
 CMD ["serve"]

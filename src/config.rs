@@ -36,6 +36,9 @@ pub struct Config {
     pub service_key: ServiceKey,
     pub host: IpAddr,
     pub port: u16,
+    /// The operations port: `/metrics`, `/readyz` and `/healthz`, for Fly's checks and scraper,
+    /// not for the internet (`OPS_PORT`, default 9091).
+    pub ops_port: u16,
     pub spool_dir: PathBuf,
     /// How long a webhook may wait for Supabase before its message is spooled instead.
     pub deadline: Duration,
@@ -89,6 +92,13 @@ impl Config {
             Some(p) => p.parse().map_err(|e| invalid("PORT", &e))?,
             None => 8080,
         };
+        let ops_port = match get("OPS_PORT") {
+            Some(p) => p.parse().map_err(|e| invalid("OPS_PORT", &e))?,
+            None => 9091,
+        };
+        if ops_port == port && port != 0 {
+            return Err(invalid("OPS_PORT", &format!("must differ from PORT ({port})")));
+        }
 
         let spool_dir = PathBuf::from(required("SPOOL_DIR")?);
 
@@ -133,6 +143,7 @@ impl Config {
             service_key,
             host,
             port,
+            ops_port,
             spool_dir,
             deadline,
             log_format,
@@ -202,6 +213,8 @@ mod tests {
     fn malformed_values_name_their_variable() {
         for (var, value) in [
             ("PORT", "eighty"),
+            ("OPS_PORT", "8080"),
+            ("OPS_PORT", "metrics"),
             ("PUBLIC_URL", "ingest.example.com"),
             ("SUPABASE_URL", "not a url"),
             ("SUPABASE_SERVICE_ROLE_KEY", "sb_secret_N7UND0UgjKTVK\u{7}Uodkm0Hg_xSvEMPvz"),

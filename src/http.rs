@@ -60,12 +60,11 @@ pub(crate) fn slots() -> Semaphore {
     Semaphore::new(MAX_IN_FLIGHT)
 }
 
-pub(crate) fn router(state: AppState) -> Router {
+/// The public port: what Twilio calls, and a liveness probe for Fly's proxy.
+pub(crate) fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route(WEBHOOK_PATH, post(twilio_webhook))
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
         .layer(
             ServiceBuilder::new()
                 .layer(axum::middleware::map_request(drop_unfit_request_id))
@@ -74,7 +73,22 @@ pub(crate) fn router(state: AppState) -> Router {
                 .layer(PropagateRequestIdLayer::x_request_id())
                 .layer(CatchPanicLayer::new()),
         )
-        .with_state(Arc::new(state))
+        .with_state(state)
+}
+
+/// The operations port: metrics and readiness, which cost Supabase calls and tell internals, for
+/// Fly's checks and scraper on the private network, never the internet.
+pub(crate) fn ops_router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .layer(CatchPanicLayer::new())
+        .with_state(state)
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
 }
 
 /// A client's `X-Request-Id` is echoed back and logged, so only a short, plain one is kept; any

@@ -23,6 +23,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 
 pub use config::Config;
 pub use http::{BODY_LIMIT, WEBHOOK_PATH};
@@ -47,7 +48,9 @@ pub enum StartError {
 /// The service, bound and ready to serve.
 pub struct Application {
     listener: TcpListener,
+    ops_listener: TcpListener,
     router: axum::Router,
+    ops_router: axum::Router,
     ingestor: Ingestor,
     workers: Workers,
     drain_limit: Duration,
@@ -55,10 +58,13 @@ pub struct Application {
 
 impl Application {
     pub async fn build(config: &Config) -> Result<Self, StartError> {
-        Self::build_with(config, Settings { deadline: config.deadline, ..Settings::default() }).await
+        Self::build_with(config, Settings::default()).await
     }
 
+    /// Builds the app with ingest tunables of the caller's; the deadline is always the configured
+    /// one (`INGEST_DEADLINE_MS`).
     pub async fn build_with(config: &Config, settings: Settings) -> Result<Self, StartError> {
+        let settings = Settings { deadline: config.deadline, ..settings };
         let spool = Spool::open(&config.spool_dir)?;
         if spool.depth() > 0 {
             tracing::warn!(depth = spool.depth(), "found spooled messages from an earlier run; replaying them");
@@ -66,9 +72,12 @@ impl Application {
         let supabase = Supabase::new(&config.supabase_url, &config.service_key);
         let drain_limit = drain_limit(settings.deadline);
         let (ingestor, workers) = Ingestor::start(supabase.clone(), spool, settings);
-        let addr = SocketAddr::new(config.host, config.port);
-        let listener = TcpListener::bind(addr).await.map_err(|source| StartError::Bind { addr, source })?;
-        let state = http::AppState {
+        let bind = |port| async move {
+            let addr = SocketAddr::new(config.host, port);
+            TcpListener::bind(addr).await.map_err(|source| StartError::Bind { addr, source })
+        };
+        let (listener, ops_listener) = (bind(config.port).await?, bind(config.ops_port).await?);
+        let state = Arc::new(http::AppState {
             ingestor: ingestor.clone(),
             supabase,
             verifier: http::Verifier {
@@ -78,82 +87,164 @@ impl Application {
             },
             metrics: telemetry::metrics(),
             slots: http::slots(),
-        };
-        Ok(Application { listener, router: http::router(state), ingestor, workers, drain_limit })
+        });
+        Ok(Application {
+            listener,
+            ops_listener,
+            router: http::router(state.clone()),
+            ops_router: http::ops_router(state),
+            ingestor,
+            workers,
+            drain_limit,
+        })
     }
 
+    /// The public port's address: webhooks and `/healthz`.
     pub fn local_addr(&self) -> SocketAddr {
         self.listener.local_addr().expect("a bound listener has an address")
+    }
+
+    /// The operations port's address: `/metrics`, `/readyz`, `/healthz`.
+    pub fn ops_addr(&self) -> SocketAddr {
+        self.ops_listener.local_addr().expect("a bound listener has an address")
     }
 
     pub fn ingestor(&self) -> &Ingestor {
         &self.ingestor
     }
 
-    /// Serves until `shutdown` completes, then stops accepting, lets requests in flight finish,
-    /// and drains the batcher, all within a bounded time.
+    /// Serves until `shutdown` completes, then stops accepting on both ports, lets requests in
+    /// flight finish and drains the batcher, all within one deadline ([`drain_limit`]).
     ///
     /// The accept loop is hyper-util's rather than `axum::serve` so that a client that trickles
     /// its headers is cut off (`HEADER_TIMEOUT`) instead of holding a connection.
     pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
-        let Application { listener, router, ingestor, workers, drain_limit } = self;
-        let mut connections = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-        connections.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_TIMEOUT);
-        // One HTTP/2 connection must not stand for thousands of requests.
-        connections.http2().timer(TokioTimer::new()).max_concurrent_streams(MAX_STREAMS);
-        let graceful = GracefulShutdown::new();
+        let Application { listener, ops_listener, router, ops_router, ingestor, workers, drain_limit } = self;
+        // One signal for everything that must stop: both accept loops, then the drain.
+        let stop = CancellationToken::new();
+        let graceful = Arc::new(GracefulShutdown::new());
         // Below the open-file limit, whatever clients do: past it, new connections wait in the
         // listen backlog instead of failing accept() in a loop.
         let open = Arc::new(tokio::sync::Semaphore::new(connection::max_connections()));
-        tokio::pin!(shutdown);
-        loop {
-            let permit = tokio::select! {
-                () = &mut shutdown => break,
-                permit = open.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
-            };
-            tokio::select! {
-                () = &mut shutdown => break,
-                accepted = listener.accept() => {
-                    let stream = match accepted {
-                        Ok((stream, _)) => stream,
-                        Err(e) => {
-                            // Out of file descriptors, most likely: wait rather than spin.
-                            tracing::warn!(error = %e, "accept failed");
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                            continue;
-                        }
-                    };
-                    // Answers are small and latency is what Twilio waits on: no Nagle delay.
-                    let _ = stream.set_nodelay(true);
-                    let service = TowerToHyperService::new(router.clone());
-                    let stream = TokioIo::new(connection::Idle::new(stream));
-                    let connection = connections.serve_connection_with_upgrades(stream, service).into_owned();
-                    let connection = graceful.watch(connection);
-                    tokio::spawn(async move {
-                        let _ = connection.await;
-                        drop(permit);
-                    });
-                }
-            }
-        }
+        let public = tokio::spawn(accept(listener, router, open.clone(), graceful.clone(), stop.clone()));
+        let ops = tokio::spawn(accept(ops_listener, ops_router, open, graceful.clone(), stop.clone()));
+        shutdown.await;
+        stop.cancel();
         tracing::info!("shutting down: no new connections, finishing requests in flight");
-        // The router holds a handle on the batcher's queue, which drains only once all are gone.
-        drop((listener, router));
-        if tokio::time::timeout(drain_limit, graceful.shutdown()).await.is_err() {
-            tracing::warn!(?drain_limit, "requests still open after the drain limit; closing them");
-        }
-        if tokio::time::timeout(drain_limit, workers.shutdown(ingestor)).await.is_err() {
-            tracing::warn!("background work still running after the drain limit");
+        let _ = tokio::join!(public, ops);
+        let graceful = Arc::try_unwrap(graceful).unwrap_or_else(|_| unreachable!("the accept loops have ended"));
+        // One deadline for the whole drain: requests in flight, then the batches they queued
+        // (the router held the last handle on the batcher's queue, so it drains only now).
+        let drain = async {
+            graceful.shutdown().await;
+            workers.shutdown(ingestor).await;
+        };
+        if tokio::time::timeout(drain_limit, drain).await.is_err() {
+            tracing::warn!(?drain_limit, "still draining at the deadline; stopping");
         }
         tracing::info!("stopped");
         Ok(())
     }
 }
 
-/// How long a graceful shutdown may take: one deadline for requests in flight, one for the
-/// batches they queued, and a second to spare. `fly.toml`'s kill_timeout must exceed it.
+/// Accepts connections on `listener` until `stop` is cancelled, each served by `router` and
+/// watched by `graceful`.
+async fn accept(
+    listener: TcpListener,
+    router: axum::Router,
+    open: Arc<tokio::sync::Semaphore>,
+    graceful: Arc<GracefulShutdown>,
+    stop: CancellationToken,
+) {
+    let mut connections = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    connections.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_TIMEOUT);
+    // One HTTP/2 connection must not stand for thousands of requests.
+    connections.http2().timer(TokioTimer::new()).max_concurrent_streams(MAX_STREAMS);
+    loop {
+        let permit = tokio::select! {
+            () = stop.cancelled() => break,
+            permit = open.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
+        };
+        let stream = tokio::select! {
+            () = stop.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of file descriptors, most likely: wait rather than spin.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        // Answers are small and latency is what Twilio waits on: no Nagle delay.
+        let _ = stream.set_nodelay(true);
+        let service = TowerToHyperService::new(router.clone());
+        let stream = TokioIo::new(connection::Idle::new(stream));
+        let connection = graceful.watch(connections.serve_connection_with_upgrades(stream, service).into_owned());
+        tokio::spawn(async move {
+            let _ = connection.await;
+            drop(permit);
+        });
+    }
+}
+
+/// How long a graceful shutdown may take, all told: the requests in flight end within one
+/// deadline (then their messages are stored or spooled), and a second is left for the batches they
+/// queued and for closing. `fly.toml`'s `kill_timeout` must exceed it at the largest deadline.
 pub fn drain_limit(deadline: Duration) -> Duration {
-    deadline * 2 + Duration::from_secs(1)
+    deadline + Duration::from_secs(1)
+}
+
+/// What `twilio-ingest spool drain` came to.
+#[derive(Debug)]
+pub struct SpoolDrained {
+    pub remaining: u64,
+    /// Whether this process replayed the spool, or watched the service that owns it do so.
+    pub by_this_process: bool,
+    pub last_stall: Option<String>,
+}
+
+/// Empties the spool in `SPOOL_DIR` into Supabase, or waits until `deadline` passes. If the
+/// service on this machine owns the spool (it holds the lock), it is the one replaying: this waits
+/// and watches. Use before scaling down or destroying a volume.
+pub async fn drain_spool(config: &Config, deadline: Duration) -> Result<SpoolDrained, StartError> {
+    let until = tokio::time::Instant::now() + deadline;
+    let spool = match Spool::open(&config.spool_dir) {
+        Ok(spool) => spool,
+        Err(spool::OpenError::Locked(_)) => {
+            let dir = config.spool_dir.clone();
+            loop {
+                let status = tokio::task::spawn_blocking({
+                    let dir = dir.clone();
+                    move || spool::status(&dir)
+                })
+                .await
+                .expect("reading the spool does not panic");
+                let remaining = status.map(|s| s.depth).unwrap_or(u64::MAX);
+                if remaining == 0 || tokio::time::Instant::now() >= until {
+                    return Ok(SpoolDrained { remaining, by_this_process: false, last_stall: None });
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let supabase = Supabase::new(&config.supabase_url, &config.service_key);
+    // No background replay: this loop is the replay.
+    let settings = Settings { deadline: config.deadline, replay_interval: Duration::from_secs(86_400), ..Settings::default() };
+    let (ingestor, workers) = Ingestor::start(supabase, spool, settings);
+    let mut last_stall = None;
+    loop {
+        let report = ingestor.drain_spool().await;
+        last_stall = report.stalled.or(last_stall);
+        if report.remaining == 0 || tokio::time::Instant::now() >= until {
+            let remaining = report.remaining;
+            workers.shutdown(ingestor).await;
+            return Ok(SpoolDrained { remaining, by_this_process: true, last_stall });
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
 }
 
 /// Completes on SIGINT (what Fly sends) or SIGTERM.

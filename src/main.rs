@@ -40,6 +40,22 @@ enum Command {
     /// Inspect the job queue and requeue failed jobs.
     #[command(subcommand)]
     Jobs(JobsCommand),
+    /// Inspect and drain this machine's spool (SPOOL_DIR).
+    #[command(subcommand)]
+    Spool(SpoolCommand),
+}
+
+#[derive(Subcommand)]
+enum SpoolCommand {
+    /// What waits in the spool: records, the oldest, segments, bytes, damage.
+    Status,
+    /// Replay the spool into Supabase until it is empty or the deadline passes, and say what is
+    /// left. Run it before scaling down or destroying a volume.
+    Drain {
+        /// How long to keep trying (30s, 5m, 1h).
+        #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+        deadline: Duration,
+    },
 }
 
 #[derive(Subcommand)]
@@ -117,7 +133,31 @@ fn main() -> ExitCode {
         .build()
         .expect("a tokio runtime starts");
     let result = runtime.block_on(async move {
-        match cli.command.unwrap_or(Command::Serve) {
+        let command = cli.command.unwrap_or(Command::Serve);
+        if matches!(command, Command::Serve) {
+            // The service drains on the signal itself (see run_until).
+            return serve(&config).await;
+        }
+        // An operator command must stop on Ctrl-C or `docker stop` too, even as PID 1 (where the
+        // kernel ignores signals that have no handler).
+        tokio::select! {
+            result = operate(&config, command) => result,
+            () = twilio_ingest::shutdown_signal() => anyhow::bail!("interrupted"),
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("twilio-ingest: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn operate(config: &Config, command: Command) -> anyhow::Result<()> {
+    let config = config.clone();
+    {
+        match command {
             Command::Serve => serve(&config).await,
             Command::Check => check(&config).await,
             Command::Sign(sample) => {
@@ -132,13 +172,7 @@ fn main() -> ExitCode {
             Command::Send { sample, target } => send(&config, &sample, target).await,
             Command::Dlq(command) => dlq_command(&config, command).await,
             Command::Jobs(command) => jobs_command(&config, command).await,
-        }
-    });
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("twilio-ingest: {e:#}");
-            ExitCode::FAILURE
+            Command::Spool(command) => spool_command(&config, command).await,
         }
     }
 }
@@ -377,4 +411,32 @@ fn limit(text: &str) -> Result<usize, String> {
         Ok(n) if (1..=10_000).contains(&n) => Ok(n),
         _ => Err(format!("{text:?} is not a number from 1 to 10000")),
     }
+}
+
+async fn spool_command(config: &Config, command: SpoolCommand) -> anyhow::Result<()> {
+    let dir = config.spool_dir.display();
+    match command {
+        SpoolCommand::Status => {
+            let status = twilio_ingest::spool::status(&config.spool_dir)?;
+            println!("spool {dir}: {} record(s) waiting in {} segment(s), {} bytes", status.depth, status.segments, status.bytes);
+            if status.damaged_bytes > 0 {
+                println!("damaged: {} bytes, to be moved to {dir}/quarantine/ on replay", status.damaged_bytes);
+            }
+            match status.oldest.as_deref().map(twilio_ingest::ingest::describe_spool_record) {
+                Some(oldest) => println!("oldest: {oldest}"),
+                None => println!("oldest: none waiting"),
+            }
+        }
+        SpoolCommand::Drain { deadline } => {
+            let drained = twilio_ingest::drain_spool(config, deadline).await?;
+            let who = if drained.by_this_process { "replayed here" } else { "the running service replays it; watched" };
+            if drained.remaining == 0 {
+                println!("spool {dir}: empty ({who})");
+            } else {
+                let why = drained.last_stall.map(|s| format!("; last stall: {s}")).unwrap_or_default();
+                anyhow::bail!("spool {dir}: {} record(s) left after {deadline:?} ({who}){why}", drained.remaining);
+            }
+        }
+    }
+    Ok(())
 }

@@ -7,8 +7,8 @@ use tracing_subscriber::{fmt, EnvFilter};
 
 use crate::config::LogFormat;
 
-/// Installs the log subscriber: JSON lines in production, readable text in a terminal.
-/// A second call (tests start many apps in one process) keeps the first.
+/// Installs the log subscriber: JSON lines in production, readable text in a terminal. Only the
+/// first call in a process takes effect.
 pub fn init_logging(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr);
@@ -17,6 +17,8 @@ pub fn init_logging(format: LogFormat) {
         LogFormat::Pretty => builder.compact().try_init(),
     };
 }
+
+const UPKEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The process-wide Prometheus recorder, installed on first use.
 pub fn metrics() -> PrometheusHandle {
@@ -36,6 +38,18 @@ pub fn metrics() -> PrometheusHandle {
                 .build_recorder();
             let handle = recorder.handle();
             let _ = metrics::set_global_recorder(recorder);
+            // Histogram samples pile up until something renders them; on Fly nothing may scrape
+            // for weeks. Upkeep folds them into their buckets on a timer, so memory stays flat
+            // whether or not anyone reads /metrics. A thread, not a task: it must outlive any one
+            // runtime (tests start many).
+            let upkept = handle.clone();
+            std::thread::Builder::new()
+                .name("metrics-upkeep".into())
+                .spawn(move || loop {
+                    std::thread::sleep(UPKEEP_EVERY);
+                    upkept.run_upkeep();
+                })
+                .expect("spawning the metrics upkeep thread");
             handle
         })
         .clone()

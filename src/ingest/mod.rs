@@ -23,6 +23,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 pub use self::arrival::{Arrival, ReceivedAt};
+pub use self::replay::SpoolDrainReport;
 use self::known_users::KnownUsers;
 use crate::spool::Spool;
 use crate::supabase::{EncodedJob, NewDeadLetter, NewJob, Supabase};
@@ -70,6 +71,18 @@ struct SpoolRecord {
     /// Absent in records written before arrival times were kept; those take their replay's time.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     received_at_us: Option<i64>,
+}
+
+/// One line about a spool record for an operator: its MessageSid and when it arrived.
+pub fn describe_spool_record(record: &[u8]) -> String {
+    match serde_json::from_slice::<SpoolRecord>(record) {
+        Ok(r) => {
+            let sid = r.payload.get("MessageSid").and_then(Value::as_str).unwrap_or("no MessageSid");
+            let at = r.received_at_us.map(|us| ReceivedAt::from_micros(us).to_rfc3339());
+            format!("{sid}, received {}", at.as_deref().unwrap_or("at an unrecorded time"))
+        }
+        Err(_) => format!("{} bytes that are not a message", record.len()),
+    }
 }
 
 /// A signed message that cannot become a job, on its way to `dlq_jobs`.
@@ -206,6 +219,11 @@ impl Ingestor {
 
     pub fn spool_depth(&self) -> u64 {
         self.inner.spool.depth()
+    }
+
+    /// Replays the spool once, as the background replayer does, and says what is left.
+    pub async fn drain_spool(&self) -> SpoolDrainReport {
+        replay::drain(&self.inner).await
     }
 
     /// Whether the spool could take a message now (see [`crate::spool::health`]); says why not.

@@ -22,14 +22,15 @@ const CHUNK: usize = 200;
 const CHUNK_BUDGET: Duration = Duration::from_secs(10);
 const MAX_WAIT: Duration = Duration::from_secs(30);
 
+/// What one pass over the spool came to.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub(super) struct ReplayReport {
+pub struct SpoolDrainReport {
     /// Records written to `jobs` or `dlq_jobs` (or found there already).
-    replayed: usize,
+    pub replayed: usize,
     /// Records still waiting in the spool.
-    remaining: u64,
-    /// Why the replay stopped early, if it did.
-    stalled: Option<String>,
+    pub remaining: u64,
+    /// Why the pass stopped early, if it did.
+    pub stalled: Option<String>,
 }
 
 pub(super) async fn run(inner: Arc<Inner>, mut stop: oneshot::Receiver<()>) {
@@ -55,8 +56,8 @@ pub(super) async fn run(inner: Arc<Inner>, mut stop: oneshot::Receiver<()>) {
     }
 }
 
-pub(super) async fn drain(inner: &Inner) -> ReplayReport {
-    let mut report = ReplayReport::default();
+pub(super) async fn drain(inner: &Inner) -> SpoolDrainReport {
+    let mut report = SpoolDrainReport::default();
     let segments = match inner.spool.rotate().await {
         Ok(segments) => segments,
         Err(e) => {

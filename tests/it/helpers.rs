@@ -41,6 +41,7 @@ pub fn config(supabase_url: &str, key: KeyKind, spool_dir: &std::path::Path, ext
         ("SPOOL_DIR", spool_dir.display().to_string()),
         ("HOST", "127.0.0.1".to_owned()),
         ("PORT", "0".to_owned()),
+        ("OPS_PORT", "0".to_owned()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))
@@ -53,6 +54,8 @@ pub fn config(supabase_url: &str, key: KeyKind, spool_dir: &std::path::Path, ext
 
 pub struct TestApp {
     pub addr: std::net::SocketAddr,
+    /// The operations port: `/metrics`, `/readyz`, `/healthz`.
+    pub ops_addr: std::net::SocketAddr,
     pub ingestor: Ingestor,
     pub client: reqwest::Client,
     stop: Option<oneshot::Sender<()>>,
@@ -71,9 +74,8 @@ pub async fn spawn_app_at(
     extra: &[(&str, &str)],
 ) -> TestApp {
     let config = config(supabase_url, key, spool_dir, extra);
-    let settings = Settings { deadline: config.deadline, ..settings };
     let app = Application::build_with(&config, settings).await.expect("the app starts");
-    let addr = app.local_addr();
+    let (addr, ops_addr) = (app.local_addr(), app.ops_addr());
     let ingestor = app.ingestor().clone();
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(app.run_until(async move {
@@ -81,6 +83,7 @@ pub async fn spawn_app_at(
     }));
     TestApp {
         addr,
+        ops_addr,
         ingestor,
         client: reqwest::Client::builder().pool_max_idle_per_host(64).build().unwrap(),
         stop: Some(stop),
@@ -110,6 +113,11 @@ impl TestApp {
 
     pub async fn get(&self, path: &str) -> reqwest::Response {
         self.client.get(format!("http://{}{path}", self.addr)).send().await.expect("the service answers")
+    }
+
+    /// A GET on the operations port.
+    pub async fn ops_get(&self, path: &str) -> reqwest::Response {
+        self.client.get(format!("http://{}{path}", self.ops_addr)).send().await.expect("the service answers")
     }
 
     /// Waits until the spool is empty (replay is a background task) or `limit` passes.
@@ -154,7 +162,8 @@ pub fn service_command(
         .env("SUPABASE_SERVICE_ROLE_KEY", key.service_key())
         .env("SPOOL_DIR", spool_dir)
         .env("HOST", "127.0.0.1")
-        .env("PORT", port.to_string());
+        .env("PORT", port.to_string())
+        .env("OPS_PORT", devstack::free_port().to_string());
     cmd
 }
 

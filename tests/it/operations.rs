@@ -19,7 +19,7 @@ fn binary_for(stack: &Stack, key: KeyKind, port: u16) -> Command {
 async fn readyz_is_ok_with_a_working_stack_and_says_why_not_otherwise() {
     let app = spawn_app(shared_stack(Grants::None), KeyKind::Secret).await;
     assert_eq!(app.get("/healthz").await.status(), 200);
-    let ready = app.get("/readyz").await;
+    let ready = app.ops_get("/readyz").await;
     assert_eq!(ready.status(), 200);
     assert!(ready.text().await.unwrap().contains("spool_depth 0"));
     app.stop().await;
@@ -27,7 +27,7 @@ async fn readyz_is_ok_with_a_working_stack_and_says_why_not_otherwise() {
     let nowhere = format!("http://127.0.0.1:{}", devstack::free_port());
     let app = spawn_app_at(&nowhere, KeyKind::Secret, &temp_dir("spool"), Default::default(), &[]).await;
     assert_eq!(app.get("/healthz").await.status(), 200);
-    let not_ready = app.get("/readyz").await;
+    let not_ready = app.ops_get("/readyz").await;
     assert_eq!(not_ready.status(), 503);
     assert!(not_ready.text().await.unwrap().contains("not ready: table users: could not reach Supabase"));
     app.stop().await;
@@ -38,7 +38,7 @@ async fn readyz_names_a_table_the_key_cannot_read() {
     let stack = Stack::start(Grants::None).unwrap();
     stack.execute("revoke select on table public.dlq_jobs from service_role").unwrap();
     let app = spawn_app(&stack, KeyKind::LegacyJwt).await;
-    let not_ready = app.get("/readyz").await;
+    let not_ready = app.ops_get("/readyz").await;
     assert_eq!(not_ready.status(), 503);
     let why = not_ready.text().await.unwrap();
     assert!(why.contains("table dlq_jobs") && why.contains("42501"), "{why}");
@@ -50,7 +50,7 @@ async fn metrics_count_webhooks_by_outcome_and_time_rest_calls() {
     let app = spawn_app(shared_stack(Grants::Default), KeyKind::LegacyJwt).await;
     assert_eq!(app.post_signed(&sms(&unique_phone(), "metrics")).await.status(), 200);
     assert_eq!(app.post_with_signature(&sms(&unique_phone(), "x"), Some("forged")).await.status(), 403);
-    let metrics = app.get("/metrics").await.text().await.unwrap();
+    let metrics = app.ops_get("/metrics").await.text().await.unwrap();
     for expected in [
         r#"webhooks_total{outcome="ingested"}"#,
         r#"webhooks_total{outcome="forged"}"#,
@@ -221,22 +221,29 @@ fn fly_toml_agrees_with_the_code() {
     assert_eq!(service["internal_port"].as_integer(), Some(8080));
     assert_eq!(env["PORT"].as_str(), Some("8080"));
     assert_eq!(service["force_https"].as_bool(), Some(true));
-    assert_eq!(service["min_machines_running"].as_integer(), Some(1));
+    // Two machines, one at a time: a deploy never stops both.
+    assert_eq!(service["min_machines_running"].as_integer(), Some(2));
     assert_eq!(service["auto_stop_machines"].as_str(), Some("off"));
-    // Health checks hit routes the service has.
+    assert_eq!(fly["deploy"]["strategy"].as_str(), Some("rolling"));
+    assert_eq!(fly["deploy"]["max_unavailable"].as_integer(), Some(1));
+    // The one check a deploy waits for is liveness, on a route the public port has; no readiness
+    // check can hold a deploy hostage to Supabase.
     let checks: Vec<&str> = service["checks"].as_array().unwrap().iter().map(|c| c["path"].as_str().unwrap()).collect();
     assert_eq!(checks, ["/healthz"]);
-    assert_eq!(fly["checks"]["readyz"]["path"].as_str(), Some("/readyz"));
-    assert_eq!(fly["checks"]["readyz"]["port"].as_integer(), Some(8080));
-    // The spool lives on the volume.
-    let spool = env["SPOOL_DIR"].as_str().unwrap();
-    let mount = fly["mounts"].as_array().unwrap()[0]["destination"].as_str().unwrap();
-    assert!(spool.starts_with(&format!("{mount}/")), "SPOOL_DIR {spool} is not on the volume at {mount}");
-    // Fly's stop signal is one the service drains on, with time for the drain.
+    assert!(fly.get("checks").is_none(), "top-level checks block deploys while Supabase is down");
+    // Metrics are scraped from the operations port, which the configuration uses.
+    let ops_port = env["OPS_PORT"].as_str().unwrap();
+    assert_eq!(fly["metrics"]["port"].as_integer().map(|p| p.to_string()).as_deref(), Some(ops_port));
+    assert_eq!(fly["metrics"]["path"].as_str(), Some("/metrics"));
+    let config = config("http://127.0.0.1:1", KeyKind::Secret, &temp_dir("fly"), &[("OPS_PORT", ops_port), ("PORT", "8080")]);
+    assert_eq!(config.ops_port.to_string(), ops_port);
+    // Fly waits kill_timeout after SIGINT: the whole drain must fit, at the largest deadline.
     assert_eq!(fly["kill_signal"].as_str(), Some("SIGINT"));
     let kill_timeout: u64 = fly["kill_timeout"].as_str().unwrap().trim_end_matches('s').parse().unwrap();
-    let config = config("http://127.0.0.1:1", KeyKind::Secret, std::path::Path::new(spool), &[]);
-    assert!(Duration::from_secs(kill_timeout) > twilio_ingest::drain_limit(config.deadline));
+    let worst = twilio_ingest::drain_limit(Duration::from_millis(4_500));
+    assert!(worst < Duration::from_secs(kill_timeout), "a drain of {worst:?} does not fit kill_timeout {kill_timeout}s");
+    assert_eq!(env["SPOOL_DIR"].as_str(), Some("/data/spool"));
+    assert_eq!(fly["mounts"][0]["destination"].as_str(), Some("/data"));
 }
 
 fn arbitrary_params() -> impl Strategy<Value = Vec<(String, String)>> {
@@ -304,4 +311,69 @@ async fn a_client_that_never_finishes_its_headers_is_disconnected() {
     assert!(read.is_ok(), "the connection is still open after 15 s");
     assert!(started.elapsed() < Duration::from_secs(8), "cut off after {:?}", started.elapsed());
     app.stop().await;
+}
+
+/// Metrics and readiness are for Fly's checks and scraper, on a port of their own; the public port
+/// has the webhook and liveness only.
+#[tokio::test]
+async fn metrics_and_readiness_are_on_the_operations_port_only() {
+    let app = spawn_app(shared_stack(Grants::None), KeyKind::Secret).await;
+    for path in ["/metrics", "/readyz"] {
+        assert_eq!(app.get(path).await.status(), 404, "{path} is on the public port");
+        assert_eq!(app.ops_get(path).await.status(), 200, "{path} is not on the operations port");
+    }
+    assert_eq!(app.get("/healthz").await.status(), 200);
+    assert_eq!(app.ops_get("/healthz").await.status(), 200);
+    assert_ne!(app.addr.port(), app.ops_addr.port());
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spool_status_and_drain_tell_an_operator_what_waits_and_empty_it() {
+    let stack = shared_stack(Grants::None);
+    let spool = temp_dir("operator-spool");
+    let down = spawn_app_at("http://127.0.0.1:1", KeyKind::Secret, &spool, Default::default(), &[("INGEST_DEADLINE_MS", "600")]).await;
+    let messages: Vec<Params> = (0..3).map(|i| sms(&unique_phone(), &format!("waiting {i}"))).collect();
+    for m in &messages {
+        assert_eq!(down.post_signed(m).await.status(), 200);
+    }
+    down.stop().await;
+    let run = |supabase: &str, args: &[&str]| {
+        let out = service_command(supabase, KeyKind::Secret, &spool, devstack::free_port()).args(args).output().unwrap();
+        (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr))
+    };
+    let (ok, status) = run(&stack.url(), &["spool", "status"]);
+    assert!(ok && status.contains("3 record(s) waiting"), "{status}");
+    let first = messages[0].get("MessageSid").unwrap();
+    assert!(status.contains(&format!("oldest: {first}, received 20")), "{status}");
+
+    // Supabase still down: the drain gives up at its deadline and says what is left.
+    let (ok, left) = run("http://127.0.0.1:1", &["spool", "drain", "--deadline", "2s"]);
+    assert!(!ok && left.contains("3 record(s) left"), "{left}");
+    let (ok, drained) = run(&stack.url(), &["spool", "drain", "--deadline", "30s"]);
+    assert!(ok && drained.contains("empty (replayed here)"), "{drained}");
+    let sids: Vec<String> = messages.iter().map(|m| m.get("MessageSid").unwrap().to_owned()).collect();
+    assert_each_stored_once(stack, &sids);
+}
+
+/// Operator commands stop on SIGINT too (as PID 1 in a container, nothing else would stop them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_command_stops_on_sigint() {
+    let spool = temp_dir("interrupted");
+    let down = spawn_app_at("http://127.0.0.1:1", KeyKind::Secret, &spool, Default::default(), &[("INGEST_DEADLINE_MS", "600")]).await;
+    assert_eq!(down.post_signed(&sms(&unique_phone(), "stuck")).await.status(), 200);
+    down.stop().await;
+    // Supabase stays down: left alone, this would keep trying for an hour.
+    let child = service_command("http://127.0.0.1:1", KeyKind::Secret, &spool, devstack::free_port())
+        .args(["spool", "drain", "--deadline", "1h"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let sent = std::time::Instant::now();
+    devstack::signal(child.id(), libc::SIGINT);
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap()).await.unwrap();
+    assert!(sent.elapsed() < Duration::from_secs(3), "took {:?} to stop", sent.elapsed());
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("interrupted"), "{}", String::from_utf8_lossy(&out.stderr));
 }

@@ -203,7 +203,7 @@ async fn a_read_only_spool_is_reported_by_check_and_readiness() {
     // A spool with too little room left for an outage: running, but not ready.
     let Some(small) = Tmpfs::mount("size=8m") else { return };
     let app = spawn_app_at(&stack.url(), KeyKind::Secret, &small.0, Default::default(), &[]).await;
-    let not_ready = app.get("/readyz").await;
+    let not_ready = app.ops_get("/readyz").await;
     assert_eq!(not_ready.status(), 503);
     let body = not_ready.text().await.unwrap();
     assert!(body.contains("SPOOL_DIR") && body.contains("MiB free"), "{body}");
@@ -265,7 +265,7 @@ async fn lie_then_truth(mode: FaultMode, readiness_says: &str) -> (Stack, FaultP
     let message = sms(&unique_phone(), &format!("through {mode:?}"));
     assert_eq!(app.post_signed(&message).await.status(), 200);
     assert_eq!(app.ingestor.spool_depth(), 1, "{mode:?}: the lie was taken as stored");
-    let not_ready = app.get("/readyz").await;
+    let not_ready = app.ops_get("/readyz").await;
     assert_eq!(not_ready.status(), 503, "{mode:?}");
     let body = not_ready.text().await.unwrap();
     assert!(body.contains(readiness_says), "{mode:?}: {body}");
@@ -274,7 +274,7 @@ async fn lie_then_truth(mode: FaultMode, readiness_says: &str) -> (Stack, FaultP
     assert!(app.wait_for_empty_spool(Duration::from_secs(20)).await, "{mode:?}: the spool did not drain");
     assert_each_stored_once(&stack, &[sid(&message)]);
     assert_eq!(count(&stack, "select count(*) from dlq_jobs"), 0, "{mode:?}: dead-lettered");
-    assert_eq!(app.get("/readyz").await.status(), 200);
+    assert_eq!(app.ops_get("/readyz").await.status(), 200);
     app.stop().await;
     (stack, proxy, sid(&message))
 }

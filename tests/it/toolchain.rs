@@ -148,7 +148,7 @@ async fn a_release_ahead_of_its_migration_spools_and_heals_once_it_is_pushed() {
             0,
             "{grants:?}: a missing function dead-lettered messages"
         );
-        let not_ready = app.get("/readyz").await;
+        let not_ready = app.ops_get("/readyz").await;
         assert_eq!(not_ready.status(), 503);
         let body = not_ready.text().await.unwrap();
         assert!(body.contains("function ingest_batch") && body.contains("supabase db push --remote"), "{body}");
@@ -160,7 +160,7 @@ async fn a_release_ahead_of_its_migration_spools_and_heals_once_it_is_pushed() {
         );
         assert_each_stored_once(&stack, &sids);
         assert_eq!(count(&stack, &format!("select count(*) from jobs where message_sid in ({})", sql_list(&sids))), 5);
-        assert_eq!(app.get("/readyz").await.status(), 200);
+        assert_eq!(app.ops_get("/readyz").await.status(), 200);
         app.stop().await;
         let _ = std::fs::remove_dir_all(before);
     }
