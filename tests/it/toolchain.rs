@@ -165,3 +165,36 @@ async fn a_release_ahead_of_its_migration_spools_and_heals_once_it_is_pushed() {
         let _ = std::fs::remove_dir_all(before);
     }
 }
+
+/// The CLI commands a user runs without Docker accept this project's config.toml (CLI 3 refuses
+/// keys it no longer knows, such as `[inbucket]`): `migration list`, `gen types`, `db reset`.
+#[test]
+fn the_cli_commands_that_need_no_docker_accept_the_project() {
+    let stack = Stack::start(Grants::None).unwrap();
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(repo_root().join(".tools/supabase"))
+            .args(args)
+            .arg(format!("--remote={}", stack.database_url()))
+            .arg("--workdir")
+            .arg(repo_root())
+            .env("SUPABASE_TELEMETRY_DISABLED", "1")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "supabase {args:?}:\n{text}");
+        text
+    };
+    let listed = cli(&["migration", "list"]);
+    for file in std::fs::read_dir(repo_root().join("supabase/migrations")).unwrap() {
+        let name = file.unwrap().file_name().to_string_lossy().into_owned();
+        let version = name.split('_').next().unwrap();
+        assert_eq!(listed.matches(version).count(), 2, "{version} is not both local and remote:\n{listed}");
+    }
+    let types = cli(&["gen", "types", "typescript"]);
+    for function in ["claim_jobs", "complete_jobs", "fail_job", "ingest_batch"] {
+        assert!(types.contains(function), "no {function} in the generated types");
+    }
+    let reset = cli(&["db", "reset", "--yes"]);
+    assert!(reset.contains("Seeding data from supabase/seed.sql"), "{reset}");
+    assert_eq!(count(&stack, "select count(*) from jobs"), 2);
+}
