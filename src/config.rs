@@ -10,7 +10,8 @@ use std::time::Duration;
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::supabase::ServiceKey;
-use crate::twilio::PublicUrl;
+use crate::twilio::webhook::is_sid;
+use crate::twilio::{Credentials, PublicUrl};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ConfigError {
@@ -28,9 +29,8 @@ pub enum LogFormat {
 
 #[derive(Clone, Debug)]
 pub struct Config {
-    /// The primary auth token first; a secondary one while a token is being rotated.
-    pub auth_tokens: Vec<SecretString>,
-    pub account_sid: Option<String>,
+    /// What requests are checked against: auth tokens, subaccounts, SharedKeys.
+    pub credentials: Credentials,
     pub public_url: PublicUrl,
     pub supabase_url: String,
     pub service_key: ServiceKey,
@@ -61,16 +61,57 @@ impl Config {
             reason: reason.to_string(),
         };
 
-        let mut auth_tokens = vec![token("TWILIO_AUTH_TOKEN", required("TWILIO_AUTH_TOKEN")?)?];
+        // TWILIO_ACCOUNTS=<AccountSid>:<token>[,…]: subaccounts that sign with their own tokens.
+        let mut accounts = Vec::new();
+        for entry in
+            get("TWILIO_ACCOUNTS").iter().flat_map(|list| list.split(',')).map(str::trim).filter(|e| !e.is_empty())
+        {
+            let (sid, secret) = entry
+                .split_once(':')
+                .ok_or_else(|| invalid("TWILIO_ACCOUNTS", &"expected <AccountSid>:<token>[,…]"))?;
+            if !is_sid(sid.trim(), &["AC"]) {
+                return Err(invalid(
+                    "TWILIO_ACCOUNTS",
+                    &format!("{:?} is not an AccountSid (AC and 32 hex digits)", clip(sid)),
+                ));
+            }
+            accounts.push((sid.trim().to_owned(), token("TWILIO_ACCOUNTS", secret.to_owned())?));
+        }
+
+        // The main account's token is needed unless every account is listed above.
+        let mut auth_tokens = Vec::new();
+        match get("TWILIO_AUTH_TOKEN") {
+            Some(primary) => auth_tokens.push(token("TWILIO_AUTH_TOKEN", primary)?),
+            None if accounts.is_empty() => return Err(ConfigError::Missing("TWILIO_AUTH_TOKEN")),
+            None => {}
+        }
         if let Some(secondary) = get("TWILIO_AUTH_TOKEN_SECONDARY") {
             auth_tokens.push(token("TWILIO_AUTH_TOKEN_SECONDARY", secondary)?);
         }
 
         let account_sid = match get("TWILIO_ACCOUNT_SID") {
-            Some(sid) if sid.starts_with("AC") && sid.len() == 34 => Some(sid),
-            Some(_) => return Err(invalid("TWILIO_ACCOUNT_SID", &"expected AC followed by 32 hex digits")),
+            Some(sid) if is_sid(sid.trim(), &["AC"]) => Some(sid.trim().to_owned()),
+            Some(_) => return Err(invalid("TWILIO_ACCOUNT_SID", &"expected AC followed by 32 lowercase hex digits")),
             None => None,
         };
+
+        // TWILIO_SHARED_KEYS=<keyId>=<secret>[,…]: SharedKeys, several while one is rotated.
+        let mut shared_keys = Vec::new();
+        for entry in
+            get("TWILIO_SHARED_KEYS").iter().flat_map(|list| list.split(',')).map(str::trim).filter(|e| !e.is_empty())
+        {
+            let (id, secret) =
+                entry.split_once('=').ok_or_else(|| invalid("TWILIO_SHARED_KEYS", &"expected <keyId>=<secret>[,…]"))?;
+            let (id, secret) = (id.trim(), secret.trim());
+            if id.is_empty() || secret.is_empty() || secret.contains(char::is_whitespace) {
+                return Err(invalid("TWILIO_SHARED_KEYS", &format!("key {:?} needs an id and a secret", clip(id))));
+            }
+            if shared_keys.iter().any(|(known, _): &(String, SecretString)| known == id) {
+                return Err(invalid("TWILIO_SHARED_KEYS", &format!("key {:?} is given twice", clip(id))));
+            }
+            shared_keys.push((id.to_owned(), SecretString::from(secret.to_owned())));
+        }
+        let credentials = Credentials { auth_tokens, account_sid, accounts, shared_keys };
 
         let public_url = PublicUrl::parse(&required("PUBLIC_URL")?).map_err(|reason| invalid("PUBLIC_URL", &reason))?;
 
@@ -136,8 +177,7 @@ impl Config {
         };
 
         Ok(Config {
-            auth_tokens,
-            account_sid,
+            credentials,
             public_url,
             supabase_url,
             service_key,
@@ -150,6 +190,11 @@ impl Config {
             worker_threads,
         })
     }
+}
+
+/// At most 40 characters of a configured value, for an error that names it; never a secret.
+fn clip(value: &str) -> String {
+    value.chars().take(40).collect()
 }
 
 fn token(var: &'static str, value: String) -> Result<SecretString, ConfigError> {
@@ -195,7 +240,7 @@ mod tests {
     fn a_complete_environment_loads_with_defaults() {
         let cfg = Config::from_lookup(env(&[])).unwrap();
         assert_eq!(cfg.port, 8080);
-        assert_eq!(cfg.auth_tokens.len(), 1);
+        assert_eq!(cfg.credentials.auth_tokens.len(), 1);
         assert_eq!(cfg.deadline, Duration::from_millis(2_500));
         assert_eq!(cfg.worker_threads, 1);
     }
@@ -223,6 +268,12 @@ mod tests {
             ("INGEST_DEADLINE_MS", "200"),
             ("SUPABASE_SERVICE_ROLE_KEY", "sb_publishable_ACJWlzQHlZjBrEguHvfOxg_3BJgxAaH"),
             ("TWILIO_ACCOUNT_SID", "XX123"),
+            ("TWILIO_ACCOUNTS", "AC00000000000000000000000000000001"),
+            ("TWILIO_ACCOUNTS", "XX00000000000000000000000000000001:0123456789abcdef0123456789abcdef"),
+            ("TWILIO_ACCOUNTS", "AC00000000000000000000000000000001:short"),
+            ("TWILIO_SHARED_KEYS", "KS1"),
+            ("TWILIO_SHARED_KEYS", "=secret"),
+            ("TWILIO_SHARED_KEYS", "KS1=a,KS1=b"),
             ("INGEST_DEADLINE_MS", "60000"),
             ("LOG_FORMAT", "xml"),
             ("HOST", "localhost:80"),

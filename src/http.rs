@@ -10,7 +10,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use metrics_exporter_prometheus::PrometheusHandle;
-use secrecy::SecretString;
 use tokio::sync::Semaphore;
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
@@ -20,7 +19,7 @@ use tracing::field::Empty;
 
 use crate::ingest::{Arrival, Ingestor};
 use crate::supabase::Supabase;
-use crate::twilio::{signature, PublicUrl};
+use crate::twilio::{Credentials, PublicUrl, Refusal};
 
 /// Far above any Twilio webhook (a Conversations message with attributes is a few KiB).
 pub const BODY_LIMIT: usize = 256 * 1024;
@@ -44,16 +43,10 @@ const EMPTY_TWIML: &str = r#"<?xml version="1.0" encoding="UTF-8"?><Response></R
 pub(crate) struct AppState {
     pub ingestor: Ingestor,
     pub supabase: Supabase,
-    pub verifier: Verifier,
+    pub public_url: PublicUrl,
+    pub credentials: Credentials,
     pub metrics: PrometheusHandle,
     pub slots: Semaphore,
-}
-
-/// What a request is checked against before anything is parsed or stored.
-pub(crate) struct Verifier {
-    pub public_url: PublicUrl,
-    pub tokens: Vec<SecretString>,
-    pub account_sid: Option<String>,
 }
 
 pub(crate) fn slots() -> Semaphore {
@@ -149,30 +142,27 @@ async fn twilio_webhook(
     };
     let path_and_query = uri.path_and_query().map_or(WEBHOOK_PATH, |p| p.as_str());
     let signature = headers.get("x-twilio-signature").and_then(|v| v.to_str().ok());
-    let verifier = &state.verifier;
+    let settings = headers.get("x-twilio-webhooks-signature-settings").and_then(|v| v.to_str().ok());
 
-    let params = match signature::verify(&verifier.public_url, path_and_query, signature, &body, &verifier.tokens) {
+    let params = match state.credentials.verify(&state.public_url, path_and_query, signature, settings, &body) {
         Ok(params) => params,
-        Err(reason) => {
-            span.record("outcome", "forged");
-            let url = verifier.public_url.join(path_and_query);
-            tracing::warn!(reason = %clip(&reason.to_string()), url = %clip(&url), "refused a webhook");
-            return finish(received, "forged", (StatusCode::FORBIDDEN, "invalid Twilio signature\n").into_response());
+        Err(refusal) => {
+            let outcome = refusal.outcome();
+            span.record("outcome", outcome);
+            let url = state.public_url.join(path_and_query);
+            tracing::warn!(reason = %clip(&refusal.to_string()), url = %clip(&url), "refused a webhook");
+            let answer = match refusal {
+                Refusal::WrongAccount(_) => (StatusCode::FORBIDDEN, "wrong account\n"),
+                _ => (StatusCode::FORBIDDEN, "invalid Twilio signature\n"),
+            };
+            return finish(received, outcome, answer.into_response());
         }
     };
+    span.record("account_sid", clip(params.get("AccountSid").unwrap_or("")));
     // Genuine from here on: only now does the request take one of the slots genuine webhooks share.
     let Ok(_slot) = state.slots.acquire().await else {
         return finish(received, "failed", (StatusCode::SERVICE_UNAVAILABLE, "try again\n").into_response());
     };
-    let account_sid = params.get("AccountSid");
-    span.record("account_sid", account_sid.unwrap_or(""));
-    if let Some(expected) = &verifier.account_sid {
-        if account_sid != Some(expected.as_str()) {
-            span.record("outcome", "wrong_account");
-            tracing::warn!(account_sid, "refused a webhook signed for another account");
-            return finish(received, "wrong_account", (StatusCode::FORBIDDEN, "wrong account\n").into_response());
-        }
-    }
     if let Some(sid) = crate::twilio::webhook::message_sid(&params) {
         span.record("message_sid", sid);
     }

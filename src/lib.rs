@@ -80,11 +80,8 @@ impl Application {
         let state = Arc::new(http::AppState {
             ingestor: ingestor.clone(),
             supabase,
-            verifier: http::Verifier {
-                public_url: config.public_url.clone(),
-                tokens: config.auth_tokens.clone(),
-                account_sid: config.account_sid.clone(),
-            },
+            public_url: config.public_url.clone(),
+            credentials: config.credentials.clone(),
             metrics: telemetry::metrics(),
             slots: http::slots(),
         });
@@ -232,7 +229,8 @@ pub async fn drain_spool(config: &Config, deadline: Duration) -> Result<SpoolDra
     };
     let supabase = Supabase::new(&config.supabase_url, &config.service_key);
     // No background replay: this loop is the replay.
-    let settings = Settings { deadline: config.deadline, replay_interval: Duration::from_secs(86_400), ..Settings::default() };
+    let settings =
+        Settings { deadline: config.deadline, replay_interval: Duration::from_secs(86_400), ..Settings::default() };
     let (ingestor, workers) = Ingestor::start(supabase, spool, settings);
     let mut last_stall = None;
     loop {

@@ -298,7 +298,7 @@ fn signed_sample(config: &Config, sample: &SampleArgs) -> (String, Params, Strin
         };
         format!("{prefix}{}", uuid::Uuid::new_v4().simple())
     });
-    let account = config.account_sid.clone().unwrap_or_else(|| format!("AC{}", "0".repeat(32)));
+    let (secret, account) = config.credentials.sample_signer();
     let mut pairs: Vec<(String, String)> = match sample.kind {
         SampleKind::Dm => vec![
             ("MessageSid".into(), sid.clone()),
@@ -330,7 +330,7 @@ fn signed_sample(config: &Config, sample: &SampleArgs) -> (String, Params, Strin
     }
     let params = Params::from_pairs(pairs);
     let url = config.public_url.join(WEBHOOK_PATH);
-    let sig = signature::sign(config.auth_tokens[0].expose_secret(), &url, &params);
+    let sig = signature::sign(secret.expose_secret(), &url, &params);
     (url, params, sig)
 }
 
@@ -418,7 +418,10 @@ async fn spool_command(config: &Config, command: SpoolCommand) -> anyhow::Result
     match command {
         SpoolCommand::Status => {
             let status = twilio_ingest::spool::status(&config.spool_dir)?;
-            println!("spool {dir}: {} record(s) waiting in {} segment(s), {} bytes", status.depth, status.segments, status.bytes);
+            println!(
+                "spool {dir}: {} record(s) waiting in {} segment(s), {} bytes",
+                status.depth, status.segments, status.bytes
+            );
             if status.damaged_bytes > 0 {
                 println!("damaged: {} bytes, to be moved to {dir}/quarantine/ on replay", status.damaged_bytes);
             }

@@ -23,8 +23,8 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 pub use self::arrival::{Arrival, ReceivedAt};
-pub use self::replay::SpoolDrainReport;
 use self::known_users::KnownUsers;
+pub use self::replay::SpoolDrainReport;
 use crate::spool::Spool;
 use crate::supabase::{EncodedJob, NewDeadLetter, NewJob, Supabase};
 use crate::twilio::{webhook, InboundMessage, Params, Unusable, Webhook};
@@ -254,7 +254,7 @@ pub(crate) fn classify(params: &Params, received_at: ReceivedAt) -> Classified {
     let payload = params.to_payload();
     match webhook::parse(params) {
         Ok(Webhook::Ignored { event }) => {
-            tracing::debug!(%event, "not an inbound message");
+            tracing::info!(%event, "acknowledged and ignored: not an inbound message");
             Classified::Ignored
         }
         Ok(Webhook::Message(message)) => {

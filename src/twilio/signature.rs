@@ -1,9 +1,12 @@
 //! Twilio's request signature, checked the way its own helper libraries check it.
 //!
-//! `X-Twilio-Signature` is base64(HMAC-SHA1(auth token, URL + each param's key and value)), keys sorted
-//! bytewise and each key's distinct values sorted
-//! (twilio-python `request_validator.py`, twilio-node `webhooks.ts`). A JSON body is not in the
-//! HMAC: the URL carries `bodySHA256`, the hex SHA-256 of the raw body, and that is checked instead.
+//! `X-Twilio-Signature` is base64(HMAC(key, URL + each param's key and value)), keys sorted
+//! bytewise and each key's distinct values sorted (twilio-python `request_validator.py`,
+//! twilio-node `webhooks.ts`). The key is the account's auth token with HMAC-SHA1, or, when the
+//! request carries `X-Twilio-Webhooks-Signature-Settings: key=<id>,algorithm=<HMAC_SHA1|HMAC_SHA256>`,
+//! that SharedKey's secret with that algorithm (twilio-python 9.13, `get_signature_algorithm`). A
+//! JSON body is not in the HMAC: the URL carries `bodySHA256`, the hex SHA-256 of the raw body, and
+//! that is checked instead.
 
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
@@ -97,9 +100,46 @@ impl PublicUrl {
     }
 }
 
-/// The signature Twilio computes for `url` and `params` with `token`.
+/// The HMAC a signature is made with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Algorithm {
+    HmacSha1,
+    HmacSha256,
+}
+
+impl Algorithm {
+    /// The names Twilio uses, in any case, as twilio-python reads them (`.upper()`).
+    pub fn parse(name: &str) -> Option<Self> {
+        match name.to_ascii_uppercase().as_str() {
+            "HMAC_SHA1" => Some(Algorithm::HmacSha1),
+            "HMAC_SHA256" => Some(Algorithm::HmacSha256),
+            _ => None,
+        }
+    }
+}
+
+/// What `X-Twilio-Webhooks-Signature-Settings` names: the SharedKey's id, if given, and the
+/// algorithm. None when the header is absent or names no algorithm: the auth-token rule applies.
+/// Read as twilio-python's `get_signature_algorithm` reads it: comma-separated `name=value` parts,
+/// trimmed, the first non-empty `algorithm` wins.
+pub fn shared_key_settings(header: Option<&str>) -> Option<(Option<&str>, &str)> {
+    let part = |wanted: &str| {
+        header.unwrap_or_default().split(',').find_map(|part| {
+            let (name, value) = part.split_once('=')?;
+            (name.trim() == wanted && !value.trim().is_empty()).then(|| value.trim())
+        })
+    };
+    part("algorithm").map(|algorithm| (part("key"), algorithm))
+}
+
+/// The signature Twilio computes for `url` and `params` with an auth token.
 pub fn sign(token: &str, url: &str, params: &Params) -> String {
-    BASE64.encode(mac(token, url, &signing_order(params)))
+    sign_with(Algorithm::HmacSha1, token, url, params)
+}
+
+/// The signature Twilio computes for `url` and `params` with `secret` and `algorithm`.
+pub fn sign_with(algorithm: Algorithm, secret: &str, url: &str, params: &Params) -> String {
+    BASE64.encode(mac(algorithm, secret, url, &signing_order(params)))
 }
 
 /// The params as Twilio feeds them to the HMAC: keys sorted bytewise, each key's distinct values
@@ -111,14 +151,42 @@ fn signing_order(params: &Params) -> Vec<(&str, &str)> {
     pairs
 }
 
-fn mac(token: &str, url: &str, pairs: &[(&str, &str)]) -> [u8; 20] {
-    let mut mac = Hmac::<Sha1>::new_from_slice(token.as_bytes()).expect("HMAC takes a key of any length");
-    mac.update(url.as_bytes());
-    for (key, value) in pairs {
-        mac.update(key.as_bytes());
-        mac.update(value.as_bytes());
+fn mac(algorithm: Algorithm, secret: &str, url: &str, pairs: &[(&str, &str)]) -> Vec<u8> {
+    fn feed<M: Mac>(mut mac: M, url: &str, pairs: &[(&str, &str)]) -> Vec<u8> {
+        mac.update(url.as_bytes());
+        for (key, value) in pairs {
+            mac.update(key.as_bytes());
+            mac.update(value.as_bytes());
+        }
+        mac.finalize().into_bytes().to_vec()
     }
-    mac.finalize().into_bytes().into()
+    let key = secret.as_bytes();
+    match algorithm {
+        Algorithm::HmacSha1 => {
+            feed(Hmac::<Sha1>::new_from_slice(key).expect("HMAC takes a key of any length"), url, pairs)
+        }
+        Algorithm::HmacSha256 => {
+            feed(Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes a key of any length"), url, pairs)
+        }
+    }
+}
+
+/// Refuses a form body with implausibly many params, by counting bytes, before anything decodes
+/// it (see [`MAX_PARAMS`]). A JSON body (`bodySHA256` in the query) is checked by its hash instead.
+pub fn plausible(path_and_query: &str, body: &[u8]) -> Result<(), SignatureError> {
+    if body_hash(path_and_query).is_some() {
+        return Ok(());
+    }
+    let params = body.iter().filter(|&&b| b == b'&').count() + 1;
+    if params > MAX_PARAMS {
+        return Err(SignatureError::Implausible(params));
+    }
+    Ok(())
+}
+
+fn body_hash(path_and_query: &str) -> Option<std::borrow::Cow<'_, str>> {
+    let query = path_and_query.split_once('?').map_or("", |(_, q)| q);
+    form_urlencoded::parse(query.as_bytes()).find(|(k, _)| k == "bodySHA256").map(|(_, v)| v)
 }
 
 /// Checks a request's signature over its raw body and returns its params only if it is genuine.
@@ -130,17 +198,11 @@ pub fn verify(
     path_and_query: &str,
     header: Option<&str>,
     body: &[u8],
-    tokens: &[SecretString],
+    keys: &[(Algorithm, &SecretString)],
 ) -> Result<Params, SignatureError> {
     let header = header.map(str::trim).filter(|h| !h.is_empty()).ok_or(SignatureError::Missing)?;
-    let query = path_and_query.split_once('?').map_or("", |(_, q)| q);
-    let body_hash = form_urlencoded::parse(query.as_bytes()).find(|(k, _)| k == "bodySHA256").map(|(_, v)| v);
-    if body_hash.is_none() {
-        let params = body.iter().filter(|&&b| b == b'&').count() + 1;
-        if params > MAX_PARAMS {
-            return Err(SignatureError::Implausible(params));
-        }
-    }
+    plausible(path_and_query, body)?;
+    let body_hash = body_hash(path_and_query);
 
     // A JSON body is covered by its hash, not by the HMAC, which then spans the URL alone.
     let signed_params = if body_hash.is_some() { Params::default() } else { Params::from_form(body) };
@@ -151,7 +213,9 @@ pub fn verify(
     // Each comparison is constant-time. Stopping at the first match tells a timing observer only
     // which public URL spelling, or which of the configured tokens, signed a genuine request.
     let genuine = url.candidates(path_and_query).any(|candidate| {
-        tokens.iter().any(|token| bool::from(mac(token.expose_secret(), &candidate, &pairs).as_slice().ct_eq(&claimed)))
+        keys.iter().any(|(algorithm, secret)| {
+            bool::from(mac(*algorithm, secret.expose_secret(), &candidate, &pairs).as_slice().ct_eq(&claimed))
+        })
     });
     if !genuine {
         return Err(SignatureError::Mismatch);
@@ -173,6 +237,18 @@ pub fn verify(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `verify` with auth tokens, as most of these tests use it.
+    fn verify(
+        url: &PublicUrl,
+        path: &str,
+        header: Option<&str>,
+        body: &[u8],
+        tokens: &[SecretString],
+    ) -> Result<Params, SignatureError> {
+        let keys: Vec<(Algorithm, &SecretString)> = tokens.iter().map(|t| (Algorithm::HmacSha1, t)).collect();
+        super::verify(url, path, header, body, &keys)
+    }
 
     fn tokens(list: &[&str]) -> Vec<SecretString> {
         list.iter().map(|t| SecretString::from(t.to_string())).collect()

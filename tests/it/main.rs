@@ -8,4 +8,5 @@ mod operations;
 mod promise;
 mod queue;
 mod toolchain;
+mod twilio;
 mod webhooks;

@@ -235,13 +235,17 @@ fn fly_toml_agrees_with_the_code() {
     let ops_port = env["OPS_PORT"].as_str().unwrap();
     assert_eq!(fly["metrics"]["port"].as_integer().map(|p| p.to_string()).as_deref(), Some(ops_port));
     assert_eq!(fly["metrics"]["path"].as_str(), Some("/metrics"));
-    let config = config("http://127.0.0.1:1", KeyKind::Secret, &temp_dir("fly"), &[("OPS_PORT", ops_port), ("PORT", "8080")]);
+    let config =
+        config("http://127.0.0.1:1", KeyKind::Secret, &temp_dir("fly"), &[("OPS_PORT", ops_port), ("PORT", "8080")]);
     assert_eq!(config.ops_port.to_string(), ops_port);
     // Fly waits kill_timeout after SIGINT: the whole drain must fit, at the largest deadline.
     assert_eq!(fly["kill_signal"].as_str(), Some("SIGINT"));
     let kill_timeout: u64 = fly["kill_timeout"].as_str().unwrap().trim_end_matches('s').parse().unwrap();
     let worst = twilio_ingest::drain_limit(Duration::from_millis(4_500));
-    assert!(worst < Duration::from_secs(kill_timeout), "a drain of {worst:?} does not fit kill_timeout {kill_timeout}s");
+    assert!(
+        worst < Duration::from_secs(kill_timeout),
+        "a drain of {worst:?} does not fit kill_timeout {kill_timeout}s"
+    );
     assert_eq!(env["SPOOL_DIR"].as_str(), Some("/data/spool"));
     assert_eq!(fly["mounts"][0]["destination"].as_str(), Some("/data"));
 }
@@ -332,15 +336,26 @@ async fn metrics_and_readiness_are_on_the_operations_port_only() {
 async fn spool_status_and_drain_tell_an_operator_what_waits_and_empty_it() {
     let stack = shared_stack(Grants::None);
     let spool = temp_dir("operator-spool");
-    let down = spawn_app_at("http://127.0.0.1:1", KeyKind::Secret, &spool, Default::default(), &[("INGEST_DEADLINE_MS", "600")]).await;
+    let down = spawn_app_at(
+        "http://127.0.0.1:1",
+        KeyKind::Secret,
+        &spool,
+        Default::default(),
+        &[("INGEST_DEADLINE_MS", "600")],
+    )
+    .await;
     let messages: Vec<Params> = (0..3).map(|i| sms(&unique_phone(), &format!("waiting {i}"))).collect();
     for m in &messages {
         assert_eq!(down.post_signed(m).await.status(), 200);
     }
     down.stop().await;
     let run = |supabase: &str, args: &[&str]| {
-        let out = service_command(supabase, KeyKind::Secret, &spool, devstack::free_port()).args(args).output().unwrap();
-        (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr))
+        let out =
+            service_command(supabase, KeyKind::Secret, &spool, devstack::free_port()).args(args).output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+        )
     };
     let (ok, status) = run(&stack.url(), &["spool", "status"]);
     assert!(ok && status.contains("3 record(s) waiting"), "{status}");
@@ -360,7 +375,14 @@ async fn spool_status_and_drain_tell_an_operator_what_waits_and_empty_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_operator_command_stops_on_sigint() {
     let spool = temp_dir("interrupted");
-    let down = spawn_app_at("http://127.0.0.1:1", KeyKind::Secret, &spool, Default::default(), &[("INGEST_DEADLINE_MS", "600")]).await;
+    let down = spawn_app_at(
+        "http://127.0.0.1:1",
+        KeyKind::Secret,
+        &spool,
+        Default::default(),
+        &[("INGEST_DEADLINE_MS", "600")],
+    )
+    .await;
     assert_eq!(down.post_signed(&sms(&unique_phone(), "stuck")).await.status(), 200);
     down.stop().await;
     // Supabase stays down: left alone, this would keep trying for an hour.
