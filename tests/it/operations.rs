@@ -399,3 +399,46 @@ async fn an_operator_command_stops_on_sigint() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("interrupted"), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+/// The service trusts the system's CA store and what SSL_CERT_FILE adds to it (a self-hosted
+/// Supabase, an egress proxy with a private CA), and nothing it was not told to trust.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_service_trusts_a_private_ca_given_in_ssl_cert_file_and_no_other() {
+    let stack = shared_stack(Grants::None);
+    let tls = devstack::TlsGateway::start(stack).unwrap();
+    let check = |ca: Option<&std::path::Path>| {
+        let mut cmd = service_command(&tls.url(), KeyKind::Secret, &temp_dir("spool"), devstack::free_port());
+        if let Some(ca) = ca {
+            cmd.env("SSL_CERT_FILE", ca);
+        }
+        let out = cmd.arg("check").output().unwrap();
+        (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let (trusted, stdout) = check(Some(&tls.ca));
+    assert!(trusted && stdout.contains("supabase: ok"), "{stdout}");
+    let (untrusted, stdout) = check(None);
+    assert!(!untrusted && stdout.contains("supabase: PROBLEM"), "an unknown CA was trusted:\n{stdout}");
+
+    // A webhook through it, end to end.
+    let port = devstack::free_port();
+    let mut service = service_command(&tls.url(), KeyKind::Secret, &temp_dir("spool"), port)
+        .env("SSL_CERT_FILE", &tls.ca)
+        .spawn()
+        .unwrap();
+    tokio::task::spawn_blocking(move || wait_for_listener(port)).await.unwrap();
+    let params = sms(&unique_phone(), "over TLS");
+    let answer = reqwest::Client::new()
+        .post(format!("http://127.0.0.1:{port}{}", twilio_ingest::WEBHOOK_PATH))
+        .header("X-Twilio-Signature", sign(&params))
+        .body(form(&params))
+        .send()
+        .await
+        .unwrap();
+    let _ = service.kill();
+    let _ = service.wait();
+    assert_eq!(answer.status(), 200);
+    // In jobs, so it went over TLS: the service was killed before any spool replay.
+    let in_jobs =
+        count(stack, &format!("select count(*) from jobs where message_sid = '{}'", params.get("MessageSid").unwrap()));
+    assert_eq!(in_jobs, 1, "the message went to the spool rather than over TLS");
+}

@@ -8,6 +8,7 @@
 mod fault;
 #[allow(unsafe_code)]
 mod process;
+mod tls;
 
 use std::fs;
 use std::io::Write as _;
@@ -25,6 +26,7 @@ use sha2::Sha256;
 
 pub use fault::{FaultMode, FaultProxy};
 pub use process::signal;
+pub use tls::TlsGateway;
 
 /// The local CLI's public demo JWT secret (for local use only).
 pub const JWT_SECRET: &str = "super-secret-jwt-token-with-at-least-32-characters-long";
@@ -439,6 +441,11 @@ fn execute_at(url: String, sql: &str) -> Result<()> {
 }
 
 impl Stack {
+    /// The nginx binary the gateway runs.
+    pub fn nginx_bin(&self) -> &Path {
+        &self.bins.nginx
+    }
+
     /// Where this stack keeps its data and logs.
     pub fn dir(&self) -> &Path {
         &self.dir
