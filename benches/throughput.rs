@@ -565,18 +565,17 @@ async fn drain(stack: &Stack) -> Drained {
             let timings = timings.clone();
             tokio::spawn(async move {
                 let worker = format!("bench-{w}");
+                // One RPC through the gateway, its JSON answer decoded.
                 let rpc = |function: &'static str, args: serde_json::Value| {
-                    client.post(format!("{url}/rest/v1/rpc/{function}")).header("apikey", &key).json(&args).send()
+                    let request =
+                        client.post(format!("{url}/rest/v1/rpc/{function}")).header("apikey", &key).json(&args);
+                    async move { request.send().await.unwrap().json::<serde_json::Value>().await.unwrap() }
                 };
                 while done.load(Ordering::SeqCst) < total {
                     let claim_started = Instant::now();
-                    let claimed: Vec<serde_json::Value> =
-                        rpc("claim_jobs", serde_json::json!({"worker": worker, "max_jobs": CLAIM_BATCH}))
-                            .await
-                            .unwrap()
-                            .json()
-                            .await
-                            .unwrap();
+                    let claimed =
+                        rpc("claim_jobs", serde_json::json!({"worker": worker, "max_jobs": CLAIM_BATCH})).await;
+                    let claimed = claimed.as_array().expect("claim_jobs answers an array");
                     timings.lock().unwrap().1 += claim_started.elapsed();
                     if claimed.is_empty() {
                         // Nothing's turn has come: the rest wait behind jobs in flight. Polling
@@ -587,7 +586,7 @@ async fn drain(stack: &Stack) -> Drained {
                     timings.lock().unwrap().0 += 1;
                     {
                         let mut expected = expected.lock().unwrap();
-                        for job in &claimed {
+                        for job in claimed {
                             let channel = job["source_channel_id"].as_str().unwrap();
                             let next = expected.get_mut(channel).and_then(|q| q.pop_front());
                             assert_eq!(next.as_deref(), job["id"].as_str(), "channel {channel} out of arrival order");
@@ -596,13 +595,8 @@ async fn drain(stack: &Stack) -> Drained {
                     let ids: Vec<serde_json::Value> =
                         claimed.iter().map(|j| serde_json::json!({"id": j["id"]})).collect();
                     let complete_started = Instant::now();
-                    let completed: Vec<String> =
-                        rpc("complete_jobs", serde_json::json!({"worker": worker, "jobs": ids}))
-                            .await
-                            .unwrap()
-                            .json()
-                            .await
-                            .unwrap();
+                    let completed = rpc("complete_jobs", serde_json::json!({"worker": worker, "jobs": ids})).await;
+                    let completed = completed.as_array().expect("complete_jobs answers an array");
                     assert_eq!(completed.len(), claimed.len(), "a claimed job was not completed");
                     {
                         let mut t = timings.lock().unwrap();

@@ -163,10 +163,9 @@ impl Config {
             Some(other) => return Err(invalid("LOG_FORMAT", &format!("'{other}', expected json or pretty"))),
         };
 
-        // One worker by default: the service's own work per webhook is tens of microseconds and the
-        // rest is waiting on Supabase, so a pool only adds cross-thread wake-ups (measured with
-        // benches/throughput.rs: a fifth more CPU per message, and slower at concurrency 1). Fly's
-        // shared-cpu-1x has one core anyway.
+        // One worker by default: the service's own work per webhook is small and the rest is
+        // waiting on Supabase, so a pool only adds cross-thread wake-ups (the README's Performance
+        // section has the figures). Fly's shared-cpu-1x has one core anyway.
         let worker_threads = match get("WORKER_THREADS") {
             Some(n) => match n.parse::<usize>() {
                 Ok(n @ 1..=64) => n,
@@ -198,7 +197,8 @@ fn clip(value: &str) -> String {
 }
 
 fn token(var: &'static str, value: String) -> Result<SecretString, ConfigError> {
-    // Auth tokens are 32 hex digits; anything else is almost certainly a pasted SID or key.
+    // Only a loose check, so that no future token format is refused: a pasted word, or a value
+    // with spaces in it (two tokens, a line break), is caught; a wrong token shows as 403s.
     let value = value.trim().to_owned();
     if value.len() < 8 || value.contains(char::is_whitespace) {
         return Err(ConfigError::Invalid { var, reason: "does not look like a Twilio auth token".into() });

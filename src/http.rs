@@ -1,7 +1,7 @@
 //! The HTTP edge: adapts axum to `twilio::signature` and `ingest`, and nothing more.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{OriginalUri, State};
@@ -17,7 +17,7 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 use tower_http::trace::TraceLayer;
 use tracing::field::Empty;
 
-use crate::ingest::{Arrival, Ingestor};
+use crate::ingest::{Arrival, Ingestor, Outcome};
 use crate::supabase::Supabase;
 use crate::twilio::{Credentials, PublicUrl, Refusal};
 
@@ -126,18 +126,12 @@ async fn twilio_webhook(
     body: Body,
 ) -> Response {
     let arrival = Arrival::now();
-    let received = arrival.instant;
-    let span = tracing::Span::current();
     let body = match tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, BODY_LIMIT)).await {
         Ok(Ok(body)) => body,
-        Ok(Err(_)) => {
-            span.record("outcome", "too_large");
-            return finish(received, "too_large", (StatusCode::PAYLOAD_TOO_LARGE, "body too large\n").into_response());
-        }
+        Ok(Err(_)) => return finish(arrival, Answered::TooLarge),
         Err(_) => {
-            span.record("outcome", "slow_body");
             tracing::warn!(?BODY_TIMEOUT, "the body did not arrive in time");
-            return finish(received, "slow_body", (StatusCode::REQUEST_TIMEOUT, "body too slow\n").into_response());
+            return finish(arrival, Answered::SlowBody);
         }
     };
     let path_and_query = uri.path_and_query().map_or(WEBHOOK_PATH, |p| p.as_str());
@@ -147,22 +141,19 @@ async fn twilio_webhook(
     let params = match state.credentials.verify(&state.public_url, path_and_query, signature, settings, &body) {
         Ok(params) => params,
         Err(refusal) => {
-            let outcome = refusal.outcome();
-            span.record("outcome", outcome);
             let url = state.public_url.join(path_and_query);
             tracing::warn!(reason = %clip(&refusal.to_string()), url = %clip(&url), "refused a webhook");
-            let answer = match refusal {
-                Refusal::WrongAccount(_) => (StatusCode::FORBIDDEN, "wrong account\n"),
-                _ => (StatusCode::FORBIDDEN, "invalid Twilio signature\n"),
+            let answered = match refusal {
+                Refusal::WrongAccount(_) => Answered::WrongAccount,
+                _ => Answered::Forged,
             };
-            return finish(received, outcome, answer.into_response());
+            return finish(arrival, answered);
         }
     };
+    let span = tracing::Span::current();
     span.record("account_sid", clip(params.get("AccountSid").unwrap_or("")));
     // Genuine from here on: only now does the request take one of the slots genuine webhooks share.
-    let Ok(_slot) = state.slots.acquire().await else {
-        return finish(received, "failed", (StatusCode::SERVICE_UNAVAILABLE, "try again\n").into_response());
-    };
+    let Ok(_slot) = state.slots.acquire().await else { return finish(arrival, Answered::NotDurable) };
     if let Some(sid) = crate::twilio::webhook::message_sid(&params) {
         span.record("message_sid", sid);
     }
@@ -172,24 +163,67 @@ async fn twilio_webhook(
             if let Some(message) = message {
                 span.record("kind", message.kind.as_str());
             }
-            span.record("outcome", outcome.as_str());
             tracing::info!(outcome = outcome.as_str(), "webhook handled");
-            finish(received, outcome.as_str(), twiml())
+            finish(arrival, Answered::Durable(outcome))
         }
         Err(e) => {
             // Neither Supabase nor the disk took it: say so, so a Twilio retry (where the URL asks
             // for one) has a chance, rather than pretend it is safe.
-            span.record("outcome", "failed");
             tracing::error!(error = %e, "webhook not durable");
-            finish(received, "failed", (StatusCode::SERVICE_UNAVAILABLE, "try again\n").into_response())
+            finish(arrival, Answered::NotDurable)
         }
     }
 }
 
-fn finish(received: Instant, outcome: &'static str, response: Response) -> Response {
+/// How a webhook was answered: the `outcome` of its span and of `webhooks_total`.
+#[derive(Clone, Copy, Debug)]
+enum Answered {
+    /// A 200: the message is where the outcome says (or, if ignored, needs to be nowhere).
+    Durable(Outcome),
+    /// A 403: the signature does not check.
+    Forged,
+    /// A 403: genuine, from an account this service does not take webhooks for.
+    WrongAccount,
+    /// A 413.
+    TooLarge,
+    /// A 408: the body did not arrive in time.
+    SlowBody,
+    /// A 503: neither Supabase nor the spool took the message.
+    NotDurable,
+}
+
+impl Answered {
+    fn label(self) -> &'static str {
+        match self {
+            Answered::Durable(outcome) => outcome.as_str(),
+            Answered::Forged => "forged",
+            Answered::WrongAccount => "wrong_account",
+            Answered::TooLarge => "too_large",
+            Answered::SlowBody => "slow_body",
+            Answered::NotDurable => "failed",
+        }
+    }
+
+    fn response(self) -> Response {
+        match self {
+            Answered::Durable(_) => twiml(),
+            Answered::Forged => (StatusCode::FORBIDDEN, "invalid Twilio signature\n").into_response(),
+            Answered::WrongAccount => (StatusCode::FORBIDDEN, "wrong account\n").into_response(),
+            Answered::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "body too large\n").into_response(),
+            Answered::SlowBody => (StatusCode::REQUEST_TIMEOUT, "body too slow\n").into_response(),
+            Answered::NotDurable => (StatusCode::SERVICE_UNAVAILABLE, "try again\n").into_response(),
+        }
+    }
+}
+
+/// Records how the webhook that arrived at `arrival` was answered, and answers it so.
+fn finish(arrival: Arrival, answered: Answered) -> Response {
+    let outcome = answered.label();
+    tracing::Span::current().record("outcome", outcome);
     metrics::counter!("webhooks_total", "outcome" => outcome).increment(1);
-    metrics::histogram!("webhook_duration_seconds", "outcome" => outcome).record(received.elapsed().as_secs_f64());
-    response
+    metrics::histogram!("webhook_duration_seconds", "outcome" => outcome)
+        .record(arrival.instant.elapsed().as_secs_f64());
+    answered.response()
 }
 
 async fn readyz(State(state): State<Arc<AppState>>) -> Response {

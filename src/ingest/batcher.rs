@@ -3,7 +3,6 @@
 //! No timer: a batch is whatever queued while the previous batches were in flight, so one
 //! message alone goes out at once and a burst shares round trips.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -11,7 +10,8 @@ use futures_util::future::join_all;
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
-use super::{retry, Delivery, IngestError, Inner, Outcome, ReceivedAt};
+use super::store::Delivery;
+use super::{IngestError, Inner, Outcome, ReceivedAt};
 use crate::supabase::EncodedJob;
 
 pub(super) struct Pending {
@@ -65,81 +65,5 @@ async fn flush(inner: &Inner, batch: Vec<Pending>) {
     .await;
     for (pending, result) in batch.into_iter().zip(results) {
         let _ = pending.reply.send(result);
-    }
-}
-
-impl Inner {
-    /// Writes `jobs` in as few round trips as it can and says, for each in order, where it went.
-    ///
-    /// A batch whose users are all known to be stored skips the users upsert. A batch that
-    /// Supabase refuses for good is split in halves until the message at fault is alone, so only
-    /// it is dead-lettered and its neighbours are not punished.
-    pub(super) async fn write_jobs(&self, jobs: &[(&EncodedJob, &Value)], until: Instant) -> Vec<Delivery> {
-        let mut deliveries: Vec<Option<Delivery>> = jobs.iter().map(|_| None).collect();
-        // A work stack of index ranges still to write, each with whether its users may be
-        // skipped; splits push their halves.
-        let mut ranges = vec![(0..jobs.len(), true)];
-        while let Some((range, may_skip_users)) = ranges.pop() {
-            let chunk: Vec<&EncodedJob> = jobs[range.clone()].iter().map(|(job, _)| *job).collect();
-            let skip_users = may_skip_users && self.known_users.need_nothing(&chunk);
-            let written = retry::until(until, |timeout| {
-                let chunk = &chunk;
-                async move {
-                    if skip_users {
-                        self.supabase.ingest_jobs(chunk, timeout).await
-                    } else {
-                        self.supabase.ingest_batch(chunk, timeout).await
-                    }
-                }
-            })
-            .await;
-            match written {
-                Ok(existed) => {
-                    if !skip_users {
-                        self.known_users.learn(&chunk);
-                    }
-                    // A MessageSid twice in one batch is written once, for its first occurrence.
-                    let mut seen = HashSet::with_capacity(range.len());
-                    for (position, i) in range.enumerate() {
-                        let first = seen.insert(jobs[i].0.message_sid.as_str());
-                        let outcome =
-                            if first && !existed.contains(&position) { Outcome::Ingested } else { Outcome::Duplicate };
-                        deliveries[i] = Some(Delivery::Written(outcome));
-                    }
-                }
-                // A user thought stored is gone, and nothing was written: again, with the users.
-                Err(e) if skip_users && e.is_foreign_key_violation() => {
-                    tracing::info!(error = %e, "a known user is no longer stored; upserting the batch's users");
-                    self.known_users.forget(&chunk);
-                    ranges.push((range, false));
-                }
-                Err(e) if e.is_transient() => {
-                    for i in range {
-                        deliveries[i] = Some(Delivery::Unwritten(e.to_string()));
-                    }
-                }
-                Err(_) if range.len() > 1 => {
-                    let mid = range.start + range.len() / 2;
-                    ranges.push((mid..range.end, may_skip_users));
-                    ranges.push((range.start..mid, may_skip_users));
-                }
-                Err(e) => {
-                    let (job, payload) = jobs[range.start];
-                    let received_at = ReceivedAt::from_micros(job.received_at_us);
-                    deliveries[range.start] = Some(
-                        self.dead_letter_with(
-                            payload,
-                            Some(&job.message_sid),
-                            received_at,
-                            e.to_string(),
-                            "rejected",
-                            until,
-                        )
-                        .await,
-                    );
-                }
-            }
-        }
-        deliveries.into_iter().map(|d| d.expect("every range is resolved")).collect()
     }
 }

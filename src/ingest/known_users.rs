@@ -33,7 +33,7 @@ impl KnownUsers {
     }
 
     /// True if every job's user is known to be stored and the job has nothing to add to it.
-    pub fn need_nothing(&self, jobs: &[&EncodedJob]) -> bool {
+    pub fn all_stored_and_named(&self, jobs: &[&EncodedJob]) -> bool {
         let now = Instant::now();
         let users = self.users.lock().expect("no panic while holding the lock");
         jobs.iter().all(|job| {
@@ -101,8 +101,8 @@ mod tests {
     #[test]
     fn a_user_never_stored_through_ingest_batch_is_not_known() {
         let known = KnownUsers::new(10, HOUR);
-        assert!(!known.need_nothing(&[&job("+15550000001", None)]));
-        assert!(known.need_nothing(&[]), "an empty batch has no user to upsert");
+        assert!(!known.all_stored_and_named(&[&job("+15550000001", None)]));
+        assert!(known.all_stored_and_named(&[]), "an empty batch has no user to upsert");
     }
 
     #[test]
@@ -110,11 +110,11 @@ mod tests {
         let known = KnownUsers::new(10, HOUR);
         let (nameless, named) = (job("+15550000001", None), job("+15550000001", Some("Ada")));
         known.learn(&[&nameless]);
-        assert!(known.need_nothing(&[&nameless]));
-        assert!(!known.need_nothing(&[&named]));
+        assert!(known.all_stored_and_named(&[&nameless]));
+        assert!(!known.all_stored_and_named(&[&named]));
         known.learn(&[&named]);
-        assert!(known.need_nothing(&[&named]));
-        assert!(known.need_nothing(&[&nameless]), "a later nameless message keeps the name");
+        assert!(known.all_stored_and_named(&[&named]));
+        assert!(known.all_stored_and_named(&[&nameless]), "a later nameless message keeps the name");
     }
 
     #[test]
@@ -122,7 +122,7 @@ mod tests {
         let known = KnownUsers::new(10, HOUR);
         let (a, b) = (job("+15550000001", None), job("+15550000002", None));
         known.learn(&[&a]);
-        assert!(!known.need_nothing(&[&a, &b]));
+        assert!(!known.all_stored_and_named(&[&a, &b]));
     }
 
     #[test]
@@ -131,7 +131,7 @@ mod tests {
         let a = job("+15550000001", None);
         known.learn(&[&a]);
         known.forget(&[&a]);
-        assert!(!known.need_nothing(&[&a]));
+        assert!(!known.all_stored_and_named(&[&a]));
     }
 
     #[test]
@@ -139,7 +139,7 @@ mod tests {
         let known = KnownUsers::new(10, Duration::ZERO);
         let a = job("+15550000001", Some("Ada"));
         known.learn(&[&a]);
-        assert!(!known.need_nothing(&[&a]));
+        assert!(!known.all_stored_and_named(&[&a]));
     }
 
     #[test]
@@ -150,7 +150,7 @@ mod tests {
             known.learn(&[job]);
             assert!(known.users.lock().unwrap().len() <= 3);
         }
-        assert!(known.need_nothing(&[&jobs[9]]), "the latest is kept");
+        assert!(known.all_stored_and_named(&[&jobs[9]]), "the latest is kept");
     }
 
     #[test]
@@ -158,6 +158,6 @@ mod tests {
         let known = KnownUsers::new(0, HOUR);
         let a = job("+15550000001", None);
         known.learn(&[&a]);
-        assert!(!known.need_nothing(&[&a]));
+        assert!(!known.all_stored_and_named(&[&a]));
     }
 }

@@ -11,10 +11,11 @@ mod batcher;
 mod known_users;
 mod replay;
 mod retry;
+mod store;
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures_util::FutureExt as _;
 use serde::{Deserialize, Serialize};
@@ -25,8 +26,9 @@ use tokio::task::JoinHandle;
 pub use self::arrival::{Arrival, ReceivedAt};
 use self::known_users::KnownUsers;
 pub use self::replay::SpoolDrainReport;
+use self::store::Delivery;
 use crate::spool::Spool;
-use crate::supabase::{EncodedJob, NewDeadLetter, NewJob, Supabase};
+use crate::supabase::{EncodedJob, NewJob, Supabase};
 use crate::twilio::{webhook, InboundMessage, Params, Unusable, Webhook};
 
 /// Time kept back from a request's deadline for writing the spool if Supabase does not answer.
@@ -91,13 +93,6 @@ pub(crate) struct UnusableLetter {
     message_sid: Option<String>,
     received_at: ReceivedAt,
     pub why: Unusable,
-}
-
-/// What a write to Supabase came to for one letter.
-enum Delivery {
-    Written(Outcome),
-    /// Supabase could not be reached in time, for the reason given; the letter must go to the spool.
-    Unwritten(String),
 }
 
 /// The tunables of ingest; the defaults are the production ones.
@@ -285,47 +280,5 @@ impl Inner {
         self.spool.append(record).await?;
         metrics::gauge!("spool_depth").set(self.spool.depth() as f64);
         Ok(())
-    }
-
-    /// Dead-letters one letter with `error`, retrying what is worth retrying until `until`.
-    async fn dead_letter_with(
-        &self,
-        payload: &Value,
-        message_sid: Option<&str>,
-        received_at: ReceivedAt,
-        error: String,
-        kind: &'static str,
-        until: Instant,
-    ) -> Delivery {
-        let letter = NewDeadLetter::new(message_sid, payload, error, kind).received_at(received_at.to_rfc3339());
-        let written = retry::until(until, |timeout| {
-            let letters = std::slice::from_ref(&letter);
-            async move { self.supabase.insert_dead_letters(letters, timeout).await }
-        })
-        .await;
-        match written {
-            Ok(()) => {
-                tracing::warn!(message_sid, error = %letter.error, kind, "dead-lettered");
-                metrics::counter!("dlq_inserts_total", "kind" => kind).increment(1);
-                Delivery::Written(Outcome::DeadLettered)
-            }
-            Err(e) => {
-                tracing::error!(message_sid, error = %e, "could not dead-letter");
-                Delivery::Unwritten(e.to_string())
-            }
-        }
-    }
-
-    async fn dead_letter(&self, letter: &UnusableLetter, until: Instant) -> Delivery {
-        let why = letter.why.to_string();
-        self.dead_letter_with(
-            &letter.payload,
-            letter.message_sid.as_deref(),
-            letter.received_at,
-            why,
-            "unusable",
-            until,
-        )
-        .await
     }
 }

@@ -13,8 +13,10 @@ use tokio::sync::oneshot;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 
-use super::{classify, Classified, Delivery, Inner, ReceivedAt, SpoolRecord};
+use super::store::Delivery;
+use super::{classify, Classified, Inner, ReceivedAt, SpoolRecord};
 use crate::spool::read_segment;
+use crate::supabase::DeadLetterKind;
 use crate::twilio::Params;
 
 const CHUNK: usize = 200;
@@ -135,7 +137,9 @@ async fn replay_chunk(inner: &Inner, records: &[Vec<u8>]) -> Result<(), String> 
     for (bytes, why) in unreadable {
         let payload = serde_json::json!({ "unreadable_spool_record_base64": bytes });
         let error = format!("unreadable spool record: {why}");
-        deliveries.push(inner.dead_letter_with(&payload, None, ReceivedAt::now(), error, "unusable", until).await);
+        deliveries.push(
+            inner.dead_letter_with(&payload, None, ReceivedAt::now(), error, DeadLetterKind::Unusable, until).await,
+        );
     }
     match deliveries.into_iter().find_map(|d| match d {
         Delivery::Unwritten(why) => Some(why),

@@ -72,11 +72,30 @@ pub struct NewDeadLetter {
     dedupe_key: String,
     payload: Value,
     pub error: String,
-    /// `unusable` (the webhook cannot become a job) or `rejected` (Supabase refused the job).
-    error_kind: &'static str,
+    error_kind: DeadLetterKind,
     /// When the webhook arrived (RFC 3339), so a re-driven letter keeps its place in its channel.
     #[serde(skip_serializing_if = "Option::is_none")]
     received_at: Option<String>,
+}
+
+/// Why a message is a dead letter: the values of `dlq_jobs.error_kind`'s check constraint, and of
+/// the `kind` label of `dlq_inserts_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeadLetterKind {
+    /// The webhook cannot become a job (no sender, a malformed SID, a NUL character...).
+    Unusable,
+    /// Supabase refused the job for good (a revoked grant, a changed schema...).
+    Rejected,
+}
+
+impl DeadLetterKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeadLetterKind::Unusable => "unusable",
+            DeadLetterKind::Rejected => "rejected",
+        }
+    }
 }
 
 /// Marks a dead letter's payload that is kept as JSON text because jsonb cannot hold it as it is
@@ -87,7 +106,7 @@ impl NewDeadLetter {
     /// A dead letter for `payload`. `message_sid` must be a SID of Twilio's shape (bounded, safe
     /// to index); without one the letter is keyed by a hash of the payload. A payload jsonb cannot
     /// hold is stored as its JSON text, which it can, so every signed message has a place.
-    pub fn new(message_sid: Option<&str>, payload: &Value, error: String, error_kind: &'static str) -> Self {
+    pub fn new(message_sid: Option<&str>, payload: &Value, error: String, error_kind: DeadLetterKind) -> Self {
         // serde_json's map is sorted, so equal payloads serialise, and hash, alike.
         let text = payload.to_string();
         let dedupe_key = match message_sid {
@@ -242,18 +261,19 @@ impl Supabase {
     /// Upserts the users and inserts the jobs of one batch in one transaction. Returns the
     /// positions in `jobs` whose MessageSid already had a job before this call.
     pub async fn ingest_batch(&self, jobs: &[&EncodedJob], timeout: Duration) -> Result<Vec<usize>, Error> {
-        self.ingest(&self.ingest_batch, jobs, timeout).await
+        self.ingest("ingest_batch", &self.ingest_batch, jobs, timeout).await
     }
 
     /// Inserts the jobs of one batch whose users are all stored and have nothing to add, and
     /// answers like [`Supabase::ingest_batch`]. A user that is not stored fails the whole batch,
     /// writing nothing, with [`Error::is_foreign_key_violation`].
     pub async fn ingest_jobs(&self, jobs: &[&EncodedJob], timeout: Duration) -> Result<Vec<usize>, Error> {
-        self.ingest(&self.ingest_jobs, jobs, timeout).await
+        self.ingest("ingest_jobs", &self.ingest_jobs, jobs, timeout).await
     }
 
     async fn ingest(
         &self,
+        endpoint: &'static str,
         template: &reqwest::Request,
         jobs: &[&EncodedJob],
         timeout: Duration,
@@ -269,7 +289,7 @@ impl Supabase {
         body.push(']');
         let mut request = template.try_clone().expect("the template's body is not a stream");
         *request.body_mut() = Some(body.into());
-        let answer = self.execute(request, None, Expect::NoContent, timeout).await?;
+        let answer = self.execute(endpoint, request, None, Expect::NoContent, timeout).await?;
         Ok(duplicates(answer.headers.get(DUPLICATES_HEADER)))
     }
 
@@ -277,7 +297,8 @@ impl Supabase {
     pub async fn insert_dead_letters(&self, letters: &[NewDeadLetter], timeout: Duration) -> Result<(), Error> {
         let body = serde_json::to_string(letters).expect("a dead letter is always serialisable");
         let request = self.table("dlq_jobs").on_conflict("dedupe_key").insert(body);
-        self.send(request, Some("return=minimal,resolution=ignore-duplicates"), Expect::Created, timeout).await?;
+        self.send("dlq_jobs", request, Some("return=minimal,resolution=ignore-duplicates"), Expect::Created, timeout)
+            .await?;
         Ok(())
     }
 
@@ -299,13 +320,13 @@ impl Supabase {
             // Quoted: a timestamp holds the dots and colons PostgREST's filter syntax uses.
             request = request.or(format!(r#"created_at.gt."{at}",and(created_at.eq."{at}",id.gt.{id})"#));
         }
-        self.fetch(request.order("created_at.asc,id.asc").limit(limit), timeout).await
+        self.fetch("dlq_jobs", request.order("created_at.asc,id.asc").limit(limit), timeout).await
     }
 
     /// How many dead letters wait to be replayed.
     pub async fn count_pending_dead_letters(&self, timeout: Duration) -> Result<u64, Error> {
         let request = self.table("dlq_jobs").select("id").is("replayed_at", "null").exact_count().limit(1);
-        let answer = self.send(request, None, Expect::Json, timeout).await?;
+        let answer = self.send("dlq_jobs", request, None, Expect::Json, timeout).await?;
         // `Content-Range: 0-0/1234`, or `*/0` when there are none.
         answer
             .headers
@@ -323,7 +344,7 @@ impl Supabase {
             Err(why) => serde_json::json!({"replay_error": why}),
         };
         let request = self.table("dlq_jobs").eq("id", id).update(patch.to_string());
-        self.send(request, Some("return=minimal"), Expect::NoContent, timeout).await?;
+        self.send("dlq_jobs", request, Some("return=minimal"), Expect::NoContent, timeout).await?;
         Ok(())
     }
 
@@ -334,7 +355,7 @@ impl Supabase {
         for (table, key) in TABLES.into_iter().zip(["phone_number", "id", "id"]) {
             // Not limit(0): postgrest-rs computes a range end of limit - 1.
             let request = self.table(table).select(key).limit(1);
-            self.send(request, None, Expect::Json, timeout).await.map_err(|e| (format!("table {table}"), e))?;
+            self.send(table, request, None, Expect::Json, timeout).await.map_err(|e| (format!("table {table}"), e))?;
         }
         self.ingest_batch(&[], timeout).await.map_err(|e| ("function ingest_batch".to_owned(), e))?;
         self.ingest_jobs(&[], timeout).await.map_err(|e| ("function ingest_jobs".to_owned(), e))?;
@@ -343,7 +364,7 @@ impl Supabase {
 
     /// The queue by source type and status (`job_queue_stats`).
     pub async fn job_queue_stats(&self, timeout: Duration) -> Result<Vec<QueueStat>, Error> {
-        self.fetch(self.rpc("job_queue_stats", "{}".into()), timeout).await
+        self.fetch("job_queue_stats", self.rpc("job_queue_stats", "{}".into()), timeout).await
     }
 
     /// Requeues failed jobs (`retry_failed_jobs`): those in `ids`, or failed since `since`, or
@@ -355,39 +376,47 @@ impl Supabase {
         timeout: Duration,
     ) -> Result<u64, Error> {
         let args = serde_json::json!({"ids": ids, "since": since});
-        self.fetch(self.rpc("retry_failed_jobs", args.to_string()), timeout).await
+        self.fetch("retry_failed_jobs", self.rpc("retry_failed_jobs", args.to_string()), timeout).await
     }
 
     /// Which of the project's functions anon or authenticated may execute.
     pub async fn function_report(&self, timeout: Duration) -> Result<Vec<FunctionReport>, Error> {
-        self.fetch(self.rpc("ingest_function_report", "{}".into()), timeout).await
+        self.fetch("ingest_function_report", self.rpc("ingest_function_report", "{}".into()), timeout).await
     }
 
     /// RLS and grants on the three tables.
     pub async fn schema_report(&self, timeout: Duration) -> Result<Vec<TableReport>, Error> {
-        self.fetch(self.rpc("ingest_schema_report", "{}".into()), timeout).await
+        self.fetch("ingest_schema_report", self.rpc("ingest_schema_report", "{}".into()), timeout).await
     }
 
     /// Sends `request` and decodes its JSON answer.
-    async fn fetch<T: serde::de::DeserializeOwned>(&self, request: Builder, timeout: Duration) -> Result<T, Error> {
-        let answer = self.send(request, None, Expect::Json, timeout).await?;
+    async fn fetch<T: serde::de::DeserializeOwned>(
+        &self,
+        endpoint: &'static str,
+        request: Builder,
+        timeout: Duration,
+    ) -> Result<T, Error> {
+        let answer = self.send(endpoint, request, None, Expect::Json, timeout).await?;
         serde_json::from_slice(&answer.body).map_err(|e| Error::Decode(e.to_string()))
     }
 
     async fn send(
         &self,
+        endpoint: &'static str,
         request: Builder,
         prefer: Option<&'static str>,
         expect: Expect,
         timeout: Duration,
     ) -> Result<Answer, Error> {
         let request = request.build().build().map_err(Error::Transport)?;
-        self.execute(request, prefer, expect, timeout).await
+        self.execute(endpoint, request, prefer, expect, timeout).await
     }
 
-    /// Sends `request` within `timeout`, and records how long it took and how it ended.
+    /// Sends `request` within `timeout`, and records how long it took and how it ended under
+    /// `endpoint` (the table or function it calls).
     async fn execute(
         &self,
+        endpoint: &'static str,
         mut request: reqwest::Request,
         prefer: Option<&'static str>,
         expect: Expect,
@@ -397,7 +426,6 @@ impl Supabase {
         if let Some(prefer) = prefer {
             request.headers_mut().insert("Prefer", HeaderValue::from_static(prefer));
         }
-        let endpoint = endpoint_label(request.url().path());
         let result = tokio::time::timeout(timeout, async {
             let mut response = self.client.execute(request).await.map_err(Error::Transport)?;
             let status = response.status();
@@ -472,22 +500,6 @@ fn clip(text: &str) -> &str {
     text.char_indices().nth(120).map_or(text, |(end, _)| &text[..end])
 }
 
-fn endpoint_label(path: &str) -> &'static str {
-    if path.ends_with("/rpc/ingest_jobs") {
-        "ingest_jobs"
-    } else if path.ends_with("/rpc/ingest_batch") {
-        "ingest_batch"
-    } else if path.ends_with("/dlq_jobs") {
-        "dlq_jobs"
-    } else if path.ends_with("/jobs") {
-        "jobs"
-    } else if path.ends_with("/users") {
-        "users"
-    } else {
-        "other"
-    }
-}
-
 /// The positions an ingest function reported as already having a job; none when it said nothing.
 ///
 /// The batch is committed by the time this is read, so a header that cannot be read costs only the
@@ -506,13 +518,15 @@ fn duplicates(header: Option<&HeaderValue>) -> Vec<usize> {
 
 #[cfg(test)]
 mod tests {
-    use super::{duplicates, NewDeadLetter};
+    use super::{duplicates, DeadLetterKind, NewDeadLetter};
     use reqwest::header::HeaderValue;
     use serde_json::json;
 
     #[test]
     fn a_dead_letter_is_keyed_by_its_message_sid_or_else_by_its_payload() {
-        let key = |sid: Option<&str>, payload| NewDeadLetter::new(sid, &payload, "e".into(), "unusable").dedupe_key;
+        let key = |sid: Option<&str>, payload| {
+            NewDeadLetter::new(sid, &payload, "e".into(), DeadLetterKind::Unusable).dedupe_key
+        };
         assert_eq!(key(Some("SM1"), json!({"a": "1"})), "SM1");
         assert_eq!(key(None, json!({"a": "1", "b": "2"})), key(None, json!({"b": "2", "a": "1"})));
         assert_ne!(key(None, json!({"a": "1"})), key(None, json!({"a": "2"})));
@@ -522,14 +536,14 @@ mod tests {
     #[test]
     fn a_payload_jsonb_cannot_hold_is_kept_exactly_as_json_text() {
         let payload = json!({"Body": "a\u{0}b", "From": "+14155550100"});
-        let letter = NewDeadLetter::new(None, &payload, "e".into(), "unusable");
+        let letter = NewDeadLetter::new(None, &payload, "e".into(), DeadLetterKind::Unusable);
         assert_eq!(letter.payload[super::ENCODED_PAYLOAD], "json");
         let text = letter.payload["json"].as_str().unwrap();
         assert!(!text.contains('\0'), "the text itself holds no NUL");
         assert_eq!(serde_json::from_str::<serde_json::Value>(text).unwrap(), payload);
         // An ordinary payload is stored as it is.
         let plain = json!({"Body": "hi"});
-        assert_eq!(NewDeadLetter::new(None, &plain, "e".into(), "unusable").payload, plain);
+        assert_eq!(NewDeadLetter::new(None, &plain, "e".into(), DeadLetterKind::Unusable).payload, plain);
     }
 
     #[test]

@@ -53,17 +53,6 @@ pub enum Refusal {
     WrongAccount(String),
 }
 
-impl Refusal {
-    /// The outcome a refusal is counted under: `wrong_account` for a genuine request from an
-    /// account not configured, `forged` for the rest.
-    pub fn outcome(&self) -> &'static str {
-        match self {
-            Refusal::WrongAccount(_) => "wrong_account",
-            _ => "forged",
-        }
-    }
-}
-
 impl Credentials {
     /// Checks a request and returns its params only if it is genuine and from an account this
     /// service takes webhooks for.

@@ -50,10 +50,6 @@ impl Params {
         &self.0
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-
     /// The params as one JSON object; a key that repeats becomes an array of its values.
     pub fn to_payload(&self) -> Value {
         let mut object = Map::with_capacity(self.0.len());

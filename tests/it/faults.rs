@@ -35,7 +35,7 @@ async fn send_load(url: String, n: usize, concurrency: usize, done: Arc<AtomicUs
                 } else {
                     sms(&unique_phone(), "load")
                 };
-                let sid = params.get("MessageSid").unwrap().to_owned();
+                let sid = sid_of(&params);
                 let started = Instant::now();
                 let status = client
                     .post(&url)
@@ -276,7 +276,7 @@ async fn dlq_replay_moves_fixed_dead_letters_into_jobs_once_even_run_twice() {
     let mut sids = Vec::new();
     for i in 0..5 {
         let params = sms(&unique_phone(), &format!("dead letter {i}"));
-        sids.push(params.get("MessageSid").unwrap().to_owned());
+        sids.push(sid_of(&params));
         assert_eq!(app.post_signed(&params).await.status(), 200);
     }
     assert_eq!(count(&stack, "select count(*) from dlq_jobs where error_kind = 'rejected' and replayed_at is null"), 5);

@@ -74,6 +74,10 @@ pub async fn spawn_app_at(
     extra: &[(&str, &str)],
 ) -> TestApp {
     let config = config(supabase_url, key, spool_dir, extra);
+    // TEST_LOG=1 shows the apps' logs (RUST_LOG picks the level), as zero2prod's tests do.
+    if std::env::var_os("TEST_LOG").is_some() {
+        twilio_ingest::telemetry::init_logging(twilio_ingest::config::LogFormat::Pretty);
+    }
     let app = Application::build_with(&config, settings).await.expect("the app starts");
     let (addr, ops_addr) = (app.local_addr(), app.ops_addr());
     let ingestor = app.ingestor().clone();
@@ -290,4 +294,45 @@ macro_rules! on_every_stack {
             }
         }
     };
+}
+
+/// Nothing listens there: every call to it fails at once, as in an outage.
+pub const DOWN: &str = "http://127.0.0.1:1";
+
+/// An app whose Supabase is down, so that every message it acknowledges is in its spool.
+pub async fn spawn_app_while_down(spool_dir: &std::path::Path, settings: Settings) -> TestApp {
+    spawn_app_at(DOWN, KeyKind::Secret, spool_dir, settings, &[("INGEST_DEADLINE_MS", "600")]).await
+}
+
+/// Runs the service binary with `args` (an operator command) against `supabase_url`, and returns
+/// whether it succeeded and all it printed.
+pub fn run_binary(supabase_url: &str, spool_dir: &std::path::Path, args: &[&str]) -> (bool, String) {
+    let out =
+        service_command(supabase_url, KeyKind::Secret, spool_dir, devstack::free_port()).args(args).output().unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr))
+}
+
+/// Asserts that `/readyz` answers 503 and says each of `expected`.
+pub async fn assert_not_ready(app: &TestApp, expected: &[&str]) {
+    let answer = app.ops_get("/readyz").await;
+    assert_eq!(answer.status(), 503);
+    let body = answer.text().await.unwrap();
+    for words in expected {
+        assert!(body.contains(words), "readiness does not say {words:?}:\n{body}");
+    }
+}
+
+/// A message's MessageSid.
+pub fn sid_of(params: &Params) -> String {
+    params.get("MessageSid").expect("a message has a MessageSid").to_owned()
+}
+
+/// The MessageSids of `messages`.
+pub fn sids_of(messages: &[Params]) -> Vec<String> {
+    messages.iter().map(sid_of).collect()
+}
+
+/// How many jobs have this MessageSid (one, or none).
+pub fn jobs_with_sid(stack: &Stack, sid: &str) -> i64 {
+    count(stack, &format!("select count(*) from jobs where message_sid = '{sid}'"))
 }

@@ -27,9 +27,7 @@ async fn readyz_is_ok_with_a_working_stack_and_says_why_not_otherwise() {
     let nowhere = format!("http://127.0.0.1:{}", devstack::free_port());
     let app = spawn_app_at(&nowhere, KeyKind::Secret, &temp_dir("spool"), Default::default(), &[]).await;
     assert_eq!(app.get("/healthz").await.status(), 200);
-    let not_ready = app.ops_get("/readyz").await;
-    assert_eq!(not_ready.status(), 503);
-    assert!(not_ready.text().await.unwrap().contains("not ready: table users: could not reach Supabase"));
+    assert_not_ready(&app, &["not ready: table users: could not reach Supabase"]).await;
     app.stop().await;
 }
 
@@ -38,28 +36,32 @@ async fn readyz_names_a_table_the_key_cannot_read() {
     let stack = Stack::start(Grants::None).unwrap();
     stack.execute("revoke select on table public.dlq_jobs from service_role").unwrap();
     let app = spawn_app(&stack, KeyKind::LegacyJwt).await;
-    let not_ready = app.ops_get("/readyz").await;
-    assert_eq!(not_ready.status(), 503);
-    let why = not_ready.text().await.unwrap();
-    assert!(why.contains("table dlq_jobs") && why.contains("42501"), "{why}");
+    assert_not_ready(&app, &["table dlq_jobs", "42501"]).await;
     app.stop().await;
 }
 
 #[tokio::test]
 async fn metrics_count_webhooks_by_outcome_and_time_rest_calls() {
     let app = spawn_app(shared_stack(Grants::Default), KeyKind::LegacyJwt).await;
-    assert_eq!(app.post_signed(&sms(&unique_phone(), "metrics")).await.status(), 200);
+    // The recorder is the process's, shared with the tests running alongside: compare counts
+    // before and after, and allow for others' increments.
+    let value = |text: &str, series: &str| -> f64 {
+        text.lines().find_map(|l| l.strip_prefix(series)).map_or(0.0, |v| v.trim().parse().unwrap())
+    };
+    let before = app.ops_get("/metrics").await.text().await.unwrap();
+    for i in 0..3 {
+        assert_eq!(app.post_signed(&sms(&unique_phone(), &format!("metrics {i}"))).await.status(), 200);
+    }
     assert_eq!(app.post_with_signature(&sms(&unique_phone(), "x"), Some("forged")).await.status(), 403);
-    let metrics = app.ops_get("/metrics").await.text().await.unwrap();
-    for expected in [
-        r#"webhooks_total{outcome="ingested"}"#,
-        r#"webhooks_total{outcome="forged"}"#,
-        "webhook_duration_seconds_bucket",
-        r#"supabase_request_seconds_bucket{endpoint="ingest_batch",status="ok""#,
-        "batch_size_bucket",
-        "spool_depth",
-    ] {
-        assert!(metrics.contains(expected), "missing {expected} in:\n{metrics}");
+    let after = app.ops_get("/metrics").await.text().await.unwrap();
+    let grew = |series: &str| value(&after, series) - value(&before, series);
+    assert!(grew(r#"webhooks_total{outcome="ingested"}"#) >= 3.0, "{after}");
+    assert!(grew(r#"webhooks_total{outcome="forged"}"#) >= 1.0, "{after}");
+    assert!(grew(r#"webhook_duration_seconds_count{outcome="ingested"}"#) >= 3.0, "{after}");
+    for expected in
+        [r#"supabase_request_seconds_bucket{endpoint="ingest_batch",status="ok""#, "batch_size_bucket", "spool_depth"]
+    {
+        assert!(after.contains(expected), "missing {expected} in:\n{after}");
     }
     app.stop().await;
 }
@@ -336,38 +338,24 @@ async fn metrics_and_readiness_are_on_the_operations_port_only() {
 async fn spool_status_and_drain_tell_an_operator_what_waits_and_empty_it() {
     let stack = shared_stack(Grants::None);
     let spool = temp_dir("operator-spool");
-    let down = spawn_app_at(
-        "http://127.0.0.1:1",
-        KeyKind::Secret,
-        &spool,
-        Default::default(),
-        &[("INGEST_DEADLINE_MS", "600")],
-    )
-    .await;
+    let down = spawn_app_while_down(&spool, Default::default()).await;
     let messages: Vec<Params> = (0..3).map(|i| sms(&unique_phone(), &format!("waiting {i}"))).collect();
     for m in &messages {
         assert_eq!(down.post_signed(m).await.status(), 200);
     }
     down.stop().await;
-    let run = |supabase: &str, args: &[&str]| {
-        let out =
-            service_command(supabase, KeyKind::Secret, &spool, devstack::free_port()).args(args).output().unwrap();
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
-        )
-    };
+    let run = |supabase: &str, args: &[&str]| run_binary(supabase, &spool, args);
     let (ok, status) = run(&stack.url(), &["spool", "status"]);
     assert!(ok && status.contains("3 record(s) waiting"), "{status}");
     let first = messages[0].get("MessageSid").unwrap();
     assert!(status.contains(&format!("oldest: {first}, received 20")), "{status}");
 
     // Supabase still down: the drain gives up at its deadline and says what is left.
-    let (ok, left) = run("http://127.0.0.1:1", &["spool", "drain", "--deadline", "2s"]);
+    let (ok, left) = run(DOWN, &["spool", "drain", "--deadline", "2s"]);
     assert!(!ok && left.contains("3 record(s) left"), "{left}");
     let (ok, drained) = run(&stack.url(), &["spool", "drain", "--deadline", "30s"]);
     assert!(ok && drained.contains("empty (replayed here)"), "{drained}");
-    let sids: Vec<String> = messages.iter().map(|m| m.get("MessageSid").unwrap().to_owned()).collect();
+    let sids = sids_of(&messages);
     assert_each_stored_once(stack, &sids);
 }
 
@@ -375,18 +363,11 @@ async fn spool_status_and_drain_tell_an_operator_what_waits_and_empty_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_operator_command_stops_on_sigint() {
     let spool = temp_dir("interrupted");
-    let down = spawn_app_at(
-        "http://127.0.0.1:1",
-        KeyKind::Secret,
-        &spool,
-        Default::default(),
-        &[("INGEST_DEADLINE_MS", "600")],
-    )
-    .await;
+    let down = spawn_app_while_down(&spool, Default::default()).await;
     assert_eq!(down.post_signed(&sms(&unique_phone(), "stuck")).await.status(), 200);
     down.stop().await;
     // Supabase stays down: left alone, this would keep trying for an hour.
-    let child = service_command("http://127.0.0.1:1", KeyKind::Secret, &spool, devstack::free_port())
+    let child = service_command(DOWN, KeyKind::Secret, &spool, devstack::free_port())
         .args(["spool", "drain", "--deadline", "1h"])
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -438,7 +419,6 @@ async fn the_service_trusts_a_private_ca_given_in_ssl_cert_file_and_no_other() {
     let _ = service.wait();
     assert_eq!(answer.status(), 200);
     // In jobs, so it went over TLS: the service was killed before any spool replay.
-    let in_jobs =
-        count(stack, &format!("select count(*) from jobs where message_sid = '{}'", params.get("MessageSid").unwrap()));
+    let in_jobs = jobs_with_sid(stack, &sid_of(&params));
     assert_eq!(in_jobs, 1, "the message went to the spool rather than over TLS");
 }

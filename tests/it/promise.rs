@@ -11,13 +11,11 @@ use twilio_ingest::twilio::Params;
 
 use crate::helpers::*;
 
-/// Nothing listens there: every call fails at once, as in an outage.
-const DOWN: &str = "http://127.0.0.1:1";
-
 async fn spool_while_down(spool: &Path, messages: &[Params]) {
     // No replay while down: every record stays in one segment.
-    let settings = Settings { replay_interval: Duration::from_secs(3600), ..Settings::default() };
-    let app = spawn_app_at(DOWN, KeyKind::Secret, spool, settings, &[("INGEST_DEADLINE_MS", "600")]).await;
+    let app =
+        spawn_app_while_down(spool, Settings { replay_interval: Duration::from_secs(3600), ..Settings::default() })
+            .await;
     for m in messages {
         assert_eq!(app.post_signed(m).await.status(), 200);
     }
@@ -29,10 +27,6 @@ async fn replay(stack: &Stack, spool: &Path) {
     let app = spawn_app_at(&stack.url(), KeyKind::Secret, spool, Default::default(), &[]).await;
     assert!(app.wait_for_empty_spool(Duration::from_secs(30)).await, "the spool did not drain");
     app.stop().await;
-}
-
-fn sid(params: &Params) -> String {
-    params.get("MessageSid").unwrap().to_owned()
 }
 
 /// Signed messages PostgreSQL cannot take as they are.
@@ -98,9 +92,12 @@ async fn poison_in_the_spool_does_not_strand_the_messages_behind_it() {
     messages.push(last.clone());
     spool_while_down(&spool, &messages).await;
     replay(stack, &spool).await;
-    assert_each_stored_once(stack, &[sid(&first), sid(&last)]);
+    assert_each_stored_once(stack, &[sid_of(&first), sid_of(&last)]);
     assert_eq!(
-        count(stack, &format!("select count(*) from jobs where message_sid in ('{}', '{}')", sid(&first), sid(&last))),
+        count(
+            stack,
+            &format!("select count(*) from jobs where message_sid in ('{}', '{}')", sid_of(&first), sid_of(&last))
+        ),
         2
     );
 }
@@ -136,9 +133,9 @@ async fn damage_in_the_middle_of_a_spool_segment_costs_only_the_damaged_record()
     std::fs::write(&segment, &bytes).unwrap();
 
     replay(stack, &spool).await;
-    let survivors: Vec<String> = messages.iter().enumerate().filter(|(i, _)| *i != 5).map(|(_, m)| sid(m)).collect();
+    let survivors: Vec<String> = messages.iter().enumerate().filter(|(i, _)| *i != 5).map(|(_, m)| sid_of(m)).collect();
     assert_each_stored_once(stack, &survivors);
-    assert_eq!(count(stack, &format!("select count(*) from jobs where message_sid = '{}'", sid(&messages[5]))), 0);
+    assert_eq!(jobs_with_sid(stack, &sid_of(&messages[5])), 0);
     // The damaged bytes were moved aside, not deleted: the record and the zeros.
     let quarantined: Vec<Vec<u8>> = std::fs::read_dir(spool.join("quarantine"))
         .unwrap()
@@ -203,10 +200,7 @@ async fn a_read_only_spool_is_reported_by_check_and_readiness() {
     // A spool with too little room left for an outage: running, but not ready.
     let Some(small) = Tmpfs::mount("size=8m") else { return };
     let app = spawn_app_at(&stack.url(), KeyKind::Secret, &small.0, Default::default(), &[]).await;
-    let not_ready = app.ops_get("/readyz").await;
-    assert_eq!(not_ready.status(), 503);
-    let body = not_ready.text().await.unwrap();
-    assert!(body.contains("SPOOL_DIR") && body.contains("MiB free"), "{body}");
+    assert_not_ready(&app, &["SPOOL_DIR", "MiB free"]).await;
     app.stop().await;
 }
 
@@ -214,14 +208,14 @@ async fn a_read_only_spool_is_reported_by_check_and_readiness() {
 async fn a_full_disk_answers_503_truthfully_and_the_depth_stays_true() {
     let Some(disk) = Tmpfs::mount("size=48k") else { return };
     let stack = shared_stack(Grants::None);
-    let app = spawn_app_at(DOWN, KeyKind::Secret, &disk.0, Default::default(), &[("INGEST_DEADLINE_MS", "600")]).await;
+    let app = spawn_app_while_down(&disk.0, Default::default()).await;
     let messages: Vec<Params> = (0..150).map(|i| sms(&unique_phone(), &format!("{i} {}", "x".repeat(400)))).collect();
     let answers = futures_util::future::join_all(messages.iter().map(|m| app.post_signed(m))).await;
     let (mut acknowledged, mut refused) = (Vec::new(), Vec::new());
     for (m, answer) in messages.iter().zip(answers) {
         match answer.status().as_u16() {
-            200 => acknowledged.push(sid(m)),
-            503 => refused.push(sid(m)),
+            200 => acknowledged.push(sid_of(m)),
+            503 => refused.push(sid_of(m)),
             other => panic!("answered {other}"),
         }
     }
@@ -265,18 +259,15 @@ async fn lie_then_truth(mode: FaultMode, readiness_says: &str) -> (Stack, FaultP
     let message = sms(&unique_phone(), &format!("through {mode:?}"));
     assert_eq!(app.post_signed(&message).await.status(), 200);
     assert_eq!(app.ingestor.spool_depth(), 1, "{mode:?}: the lie was taken as stored");
-    let not_ready = app.ops_get("/readyz").await;
-    assert_eq!(not_ready.status(), 503, "{mode:?}");
-    let body = not_ready.text().await.unwrap();
-    assert!(body.contains(readiness_says), "{mode:?}: {body}");
+    assert_not_ready(&app, &[readiness_says]).await;
 
     proxy.set(FaultMode::Pass);
     assert!(app.wait_for_empty_spool(Duration::from_secs(20)).await, "{mode:?}: the spool did not drain");
-    assert_each_stored_once(&stack, &[sid(&message)]);
+    assert_each_stored_once(&stack, &[sid_of(&message)]);
     assert_eq!(count(&stack, "select count(*) from dlq_jobs"), 0, "{mode:?}: dead-lettered");
     assert_eq!(app.ops_get("/readyz").await.status(), 200);
     app.stop().await;
-    (stack, proxy, sid(&message))
+    (stack, proxy, sid_of(&message))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -300,7 +291,7 @@ async fn cloudflares_522_is_an_outage_not_a_refusal() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_522_after_the_commit_leaves_the_message_in_jobs_once_and_not_dead_lettered() {
     let (stack, _, sid) = lie_then_truth(FaultMode::Cloudflare522AfterCommit, "522").await;
-    assert_eq!(count(&stack, &format!("select count(*) from jobs where message_sid = '{sid}'")), 1);
+    assert_eq!(jobs_with_sid(&stack, &sid), 1);
 }
 
 /// 1,005 dead letters that can never become jobs, older than 5 that a fix made replayable: the
@@ -322,7 +313,7 @@ async fn dlq_replay_makes_progress_past_letters_that_keep_failing() {
         stack
             .execute(&format!(
                 "insert into dlq_jobs (message_sid, dedupe_key, payload, error, error_kind) values ('{0}', '{0}', '{payload}', 'grant revoked', 'rejected')",
-                sid(m)
+                sid_of(m)
             ))
             .unwrap();
     }
@@ -334,16 +325,11 @@ async fn dlq_replay_makes_progress_past_letters_that_keep_failing() {
     assert_eq!((first.replayed.len(), first.still_failing.len()), (0, 1000));
     let second = twilio_ingest::dlq::replay(&supabase, 1000).await.unwrap();
     assert_eq!(second.replayed.len(), 5, "the fixable letters were not reached");
-    let sids: Vec<String> = fixable.iter().map(sid).collect();
+    let sids: Vec<String> = fixable.iter().map(sid_of).collect();
     assert_eq!(count(&stack, &format!("select count(*) from jobs where message_sid in ({})", sql_list(&sids))), 5);
 
-    let run = |args: &[&str]| {
-        let out = service_command(&stack.url(), KeyKind::Secret, &temp_dir("spool"), 8080).args(args).output().unwrap();
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
-        )
-    };
+    let spool = temp_dir("spool");
+    let run = |args: &[&str]| run_binary(&stack.url(), &spool, args);
     let (ok, listed) = run(&["dlq", "list"]);
     assert!(ok && listed.contains("1005 dead letter(s) waiting, the oldest 50 shown"), "{listed}");
     for bad in ["0", "-1", "10001", "many"] {

@@ -234,14 +234,7 @@ async fn a_message_that_waited_in_the_spool_keeps_its_place_in_its_channel() {
     let sender = unique_phone();
     let spool = temp_dir("spool");
     // Supabase is unreachable: the first message is acknowledged from the spool.
-    let down = spawn_app_at(
-        "http://127.0.0.1:1",
-        KeyKind::Secret,
-        &spool,
-        Default::default(),
-        &[("INGEST_DEADLINE_MS", "600")],
-    )
-    .await;
+    let down = spawn_app_while_down(&spool, Default::default()).await;
     let first = sms(&sender, "first");
     assert_eq!(down.post_signed(&first).await.status(), 200);
     assert_eq!(down.ingestor.spool_depth(), 1);
@@ -289,11 +282,17 @@ async fn a_worker_that_dies_mid_job_loses_nothing() {
     assert_eq!(alive.complete(&[id(&claimed[0])]).await, vec![id(&claimed[0]).to_owned()]);
 }
 
-#[tokio::test]
-async fn a_lease_that_expires_on_the_last_attempt_fails_the_job_and_says_so() {
+/// A stack of its own with one job, which may be attempted `max_attempts` times.
+async fn one_job(max_attempts: u32) -> Stack {
     let stack = Stack::start(Grants::None).unwrap();
     enqueue(&stack, &[(unique_phone(), 0)]).await;
-    stack.execute("update jobs set max_attempts = 2").unwrap();
+    stack.execute(&format!("update jobs set max_attempts = {max_attempts}")).unwrap();
+    stack
+}
+
+#[tokio::test]
+async fn a_lease_that_expires_on_the_last_attempt_fails_the_job_and_says_so() {
+    let stack = one_job(2).await;
     let worker = Worker::new(&stack, KeyKind::Secret, "crashy");
     for _ in 0..2 {
         assert_eq!(worker.claim(1, 1).await.len(), 1);
@@ -306,9 +305,7 @@ async fn a_lease_that_expires_on_the_last_attempt_fails_the_job_and_says_so() {
 
 #[tokio::test]
 async fn retries_back_off_and_exhausted_attempts_end_in_failed() {
-    let stack = Stack::start(Grants::None).unwrap();
-    enqueue(&stack, &[(unique_phone(), 0)]).await;
-    stack.execute("update jobs set max_attempts = 3").unwrap();
+    let stack = one_job(3).await;
     let worker = Worker::new(&stack, KeyKind::Secret, "w");
     let job = worker.claim(1, 60).await.remove(0);
     // The default backoff after the first attempt: 1 s, give or take 10%.
@@ -478,7 +475,7 @@ async fn jobs_of_one_batch_keep_their_arrival_order() {
     let app = spawn_app(&stack, KeyKind::Secret).await;
     let sender = unique_phone();
     let messages: Vec<_> = (0..30).map(|i| sms(&sender, &format!("msg {i}"))).collect();
-    let sids: Vec<String> = messages.iter().map(|m| m.get("MessageSid").unwrap().to_owned()).collect();
+    let sids = sids_of(&messages);
     // Arrived in this order, all at once: the batcher takes them in as few batches as it can.
     let arrivals: Vec<Arrival> = messages.iter().map(|_| Arrival::now()).collect();
     let answers = messages.iter().zip(arrivals).map(|(m, arrival)| app.ingestor.ingest(m, arrival));
@@ -528,13 +525,8 @@ async fn operators_see_the_queue_and_requeue_failed_jobs_from_the_command_line()
     for job in &jobs {
         worker.fail(id(job), "bad", None, true).await;
     }
-    let run = |args: &[&str]| {
-        let out = service_command(&stack.url(), KeyKind::Secret, &temp_dir("spool"), 8080).args(args).output().unwrap();
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
-        )
-    };
+    let spool = temp_dir("spool");
+    let run = |args: &[&str]| run_binary(&stack.url(), &spool, args);
     let (ok, stats) = run(&["jobs", "stats"]);
     assert!(ok, "{stats}");
     assert!(stats.lines().any(|l| l.split_whitespace().take(3).eq(["dm", "failed", "3"])), "{stats}");

@@ -60,7 +60,7 @@ async fn keep_sending(app: &TestApp, stop: &AtomicBool, limit: usize) -> Vec<Str
         let params = sms(&unique_phone(), &format!("during the push {i}"));
         let response = app.post_signed(&params).await;
         assert_eq!(response.status(), 200, "a webhook during the push was refused");
-        acknowledged.push(params.get("MessageSid").unwrap().to_owned());
+        acknowledged.push(sid_of(&params));
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     acknowledged
@@ -139,7 +139,7 @@ async fn a_release_ahead_of_its_migration_spools_and_heals_once_it_is_pushed() {
             assert_eq!(response.status(), 200);
             // Spooled at once, not after retrying until the deadline.
             assert!(started.elapsed() < Duration::from_secs(1), "took {:?}", started.elapsed());
-            sids.push(params.get("MessageSid").unwrap().to_owned());
+            sids.push(sid_of(&params));
         }
         assert_eq!(app.ingestor.spool_depth(), 5, "{grants:?}");
         assert_eq!(count(&stack, "select count(*) from jobs"), 0);
@@ -148,10 +148,7 @@ async fn a_release_ahead_of_its_migration_spools_and_heals_once_it_is_pushed() {
             0,
             "{grants:?}: a missing function dead-lettered messages"
         );
-        let not_ready = app.ops_get("/readyz").await;
-        assert_eq!(not_ready.status(), 503);
-        let body = not_ready.text().await.unwrap();
-        assert!(body.contains("function ingest_batch") && body.contains("supabase db push --remote"), "{body}");
+        assert_not_ready(&app, &["function ingest_batch", "supabase db push --remote"]).await;
 
         stack.push_migrations(&repo_root(), false).unwrap();
         assert!(

@@ -31,7 +31,7 @@ async fn post(app: &TestApp, params: &Params, signature: &str, settings: Option<
 }
 
 fn stored(stack: &devstack::Stack, params: &Params) -> i64 {
-    count(stack, &format!("select count(*) from jobs where message_sid = '{}'", params.get("MessageSid").unwrap()))
+    jobs_with_sid(stack, &sid_of(params))
 }
 
 #[tokio::test]

@@ -20,7 +20,7 @@ on_every_stack!(a_dm_via_sms_creates_the_user_and_a_dm_job);
 async fn a_dm_via_sms_creates_the_user_and_a_dm_job(stack: &Stack, app: &TestApp) {
     let phone = unique_phone();
     let params = sms(&phone, "hello there");
-    let sid = params.get("MessageSid").unwrap().to_owned();
+    let sid = sid_of(&params);
     assert_twiml(app.post_signed(&params).await).await;
 
     let job = read_column(stack, &format!(
@@ -42,7 +42,7 @@ async fn a_whatsapp_dm_strips_the_prefix_and_names_the_user(stack: &Stack, app: 
     pairs.push(("ProfileName".into(), "Ada".into()));
     pairs.push(("WaId".into(), phone[1..].to_owned()));
     let params = Params::from_pairs(pairs);
-    let sid = params.get("MessageSid").unwrap().to_owned();
+    let sid = sid_of(&params);
     assert_twiml(app.post_signed(&params).await).await;
 
     assert_eq!(
@@ -73,7 +73,7 @@ async fn a_conversations_message_is_a_group_job_in_its_conversation(stack: &Stac
     let phone = unique_phone();
     let conversation = unique("CH");
     let params = group_message(&conversation, &phone, "hi all");
-    let sid = params.get("MessageSid").unwrap().to_owned();
+    let sid = sid_of(&params);
     assert_twiml(app.post_signed(&params).await).await;
     assert_eq!(
         read_column(stack, &format!("select concat_ws('|', source_type, source_channel_id, user_id, content_type) from jobs where message_sid = '{sid}'")),
@@ -94,13 +94,13 @@ async fn other_conversations_events_are_acknowledged_and_write_nothing(stack: &S
 on_every_stack!(the_same_message_sid_sent_three_times_makes_one_job);
 async fn the_same_message_sid_sent_three_times_makes_one_job(stack: &Stack, app: &TestApp) {
     let params = sms(&unique_phone(), "retry me");
-    let sid = params.get("MessageSid").unwrap().to_owned();
+    let sid = sid_of(&params);
     // Twice in sequence, then concurrently, as Twilio retries and re-sends can arrive.
     assert_twiml(app.post_signed(&params).await).await;
     let (a, b) = tokio::join!(app.post_signed(&params), app.post_signed(&params));
     assert_twiml(a).await;
     assert_twiml(b).await;
-    assert_eq!(count(stack, &format!("select count(*) from jobs where message_sid = '{sid}'")), 1);
+    assert_eq!(jobs_with_sid(stack, &sid), 1);
 }
 
 on_every_stack!(a_twilio_retry_is_told_apart_as_a_duplicate);
@@ -137,10 +137,10 @@ async fn a_user_deleted_behind_the_services_back_is_stored_again(stack: &Stack, 
         .unwrap();
 
     let params = sms(&phone, "after the delete");
-    let sid = params.get("MessageSid").unwrap().to_owned();
+    let sid = sid_of(&params);
     assert_eq!(app.ingestor.ingest(&params, Arrival::now()).await.unwrap().0, Outcome::Ingested);
     assert_eq!(count(stack, &format!("select count(*) from users where phone_number = '{phone}'")), 1);
-    assert_eq!(count(stack, &format!("select count(*) from jobs where message_sid = '{sid}'")), 1);
+    assert_eq!(jobs_with_sid(stack, &sid), 1);
     assert_eq!(count(stack, &format!("select count(*) from dlq_jobs where message_sid = '{sid}'")), 0);
 }
 
@@ -166,7 +166,7 @@ async fn a_known_users_messages_leave_the_users_row_unlocked(stack: &Stack, app:
     let _ = connection.await;
     assert_eq!(outcome, Outcome::Ingested, "the message waited on the user's row");
     let sid = params.get("MessageSid").unwrap();
-    assert_eq!(count(stack, &format!("select count(*) from jobs where message_sid = '{sid}'")), 1);
+    assert_eq!(jobs_with_sid(stack, sid), 1);
 }
 
 /// A dm job from `phone` with a fresh MessageSid, encoded as the batcher sends it.
@@ -260,7 +260,7 @@ async fn an_mms_with_two_media_keeps_both_in_the_payload(stack: &Stack, app: &Te
         ("MediaContentType1".into(), "image/png".into()),
     ]);
     let params = Params::from_pairs(pairs);
-    let sid = params.get("MessageSid").unwrap().to_owned();
+    let sid = sid_of(&params);
     assert_twiml(app.post_signed(&params).await).await;
     assert_eq!(
         read_column(stack, &format!(
@@ -276,9 +276,9 @@ async fn a_signed_message_without_a_sender_is_dead_lettered(stack: &Stack, app: 
     let params: Vec<(String, String)> =
         sms("+15005550006", "who am I").pairs().iter().filter(|(k, _)| k != "From").cloned().collect();
     let params = Params::from_pairs(params);
-    let sid = params.get("MessageSid").unwrap().to_owned();
+    let sid = sid_of(&params);
     assert_twiml(app.post_signed(&params).await).await;
-    assert_eq!(count(stack, &format!("select count(*) from jobs where message_sid = '{sid}'")), 0);
+    assert_eq!(jobs_with_sid(stack, &sid), 0);
     assert_eq!(
         read_column(
             stack,
@@ -312,7 +312,7 @@ async fn a_repeated_key_is_kept_as_an_array_in_the_payload(stack: &Stack, app: &
     pairs.push(("MessagingBinding.Address".into(), "+15005550006".into()));
     pairs.push(("MessagingBinding.Address".into(), "+15005550007".into()));
     let params = Params::from_pairs(pairs);
-    let sid = params.get("MessageSid").unwrap().to_owned();
+    let sid = sid_of(&params);
     assert_twiml(app.post_signed(&params).await).await;
     assert_eq!(
         read_column(
@@ -412,7 +412,7 @@ async fn an_insert_refused_by_postgrest_is_dead_lettered_and_answered_200() {
         stack.execute("revoke insert on table public.jobs from service_role").unwrap();
         let app = spawn_app(&stack, KeyKind::Secret).await;
         let params = sms(&unique_phone(), "refused");
-        let sid = params.get("MessageSid").unwrap().to_owned();
+        let sid = sid_of(&params);
         assert_twiml(app.post_signed(&params).await).await;
         assert_eq!(count(&stack, "select count(*) from jobs"), 0);
         let letter = read_column(&stack, &format!("select error_kind || '|' || error || '|' || (payload->>'Body') from dlq_jobs where message_sid = '{sid}'"));
@@ -441,7 +441,7 @@ async fn one_refused_message_does_not_punish_its_batch() {
         (0..40).map(|i| sms(&unique_phone(), if i == 17 { "poison" } else { "fine" })).collect();
     let answers = futures_util::future::join_all(messages.iter().map(|m| app.post_signed(m))).await;
     assert!(answers.iter().all(|a| a.status() == 200));
-    let sids: Vec<String> = messages.iter().map(|m| m.get("MessageSid").unwrap().to_owned()).collect();
+    let sids = sids_of(&messages);
     let poison = &sids[17];
     assert_eq!(count(&stack, &format!("select count(*) from jobs where message_sid in ({})", sql_list(&sids))), 39);
     let letters = read_column(&stack, "select message_sid || '|' || error_kind || '|' || error from dlq_jobs");

@@ -16,8 +16,6 @@ pub enum FaultMode {
     Pass = 0,
     /// Accept and read, never answer: a hung upstream.
     Stall = 1,
-    /// Accept and close at once: a crashed upstream behind a live load balancer.
-    Drop = 2,
     /// Answer `307` with a `Location` on another origin (the proxy's trap, which counts visits).
     Redirect = 3,
     /// Answer `200 text/html` to everything: a wrong URL, a captive portal, a single-page app.
@@ -103,7 +101,6 @@ async fn handle(mut client: TcpStream, upstream: u16, trap_port: u16, mode: u8, 
     let _ = client.set_nodelay(true);
     let page = "<!doctype html><html><body>Welcome</body></html>";
     match mode {
-        m if m == FaultMode::Drop as u8 => {}
         m if m == FaultMode::Redirect as u8 => {
             while let Some(request) = read_request(&mut client).await {
                 let path = request_path(&request);

@@ -11,7 +11,6 @@ mod process;
 mod tls;
 
 use std::fs;
-use std::io::Write as _;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
@@ -449,13 +448,6 @@ impl Stack {
     /// Where this stack keeps its data and logs.
     pub fn dir(&self) -> &Path {
         &self.dir
-    }
-
-    /// Appends to a log in the stack's directory, for tests that want a trace of what they did.
-    pub fn note(&self, line: &str) {
-        if let Ok(mut f) = fs::OpenOptions::new().create(true).append(true).open(self.dir.join("notes.log")) {
-            let _ = writeln!(f, "{line}");
-        }
     }
 }
 
