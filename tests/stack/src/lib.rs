@@ -259,81 +259,18 @@ impl Stack {
     }
 
     fn gateway_config(&self) -> String {
-        let service = jwt("service_role");
-        let anon = jwt("anon");
         let tmp = self.dir.join("nginx-tmp");
-        let tmp = tmp.display();
-        format!(
-            r#"daemon off;
-master_process off;
-worker_processes 1;
-pid {dir}/nginx.pid;
-events {{ worker_connections 4096; }}
-http {{
-    access_log off;
-    client_body_temp_path {tmp}/body;
-    proxy_temp_path {tmp}/proxy;
-    fastcgi_temp_path {tmp}/fastcgi;
-    uwsgi_temp_path {tmp}/uwsgi;
-    scgi_temp_path {tmp}/scgi;
-    default_type application/json;
-    map_hash_bucket_size 512;
-    # Keep request bodies (a batch is tens of KiB) in memory, as Supabase's gateway does, rather than
-    # spooling them to a temp file and sending them upstream in separate segments.
-    client_body_buffer_size 1m;
-    client_max_body_size 10m;
-
-    # What kind of key the apikey header holds, as Supabase's gateway sees it.
-    map $http_apikey $key_kind {{
-        default "invalid";
-        "" "none";
-        "{service}" "legacy";
-        "{anon}" "legacy";
-        "{secret}" "secret";
-        "{publishable}" "publishable";
-    }}
-    # Legacy keys: Authorization passes through. Opaque keys: Authorization must be absent or the
-    # same key, and the upstream gets the matching role's JWT.
-    map "$key_kind|$http_authorization" $upstream_auth {{
-        default "reject";
-        "~^legacy\|" $http_authorization;
-        "secret|" "Bearer {service}";
-        "secret|Bearer {secret}" "Bearer {service}";
-        "publishable|" "Bearer {anon}";
-        "publishable|Bearer {publishable}" "Bearer {anon}";
-    }}
-    # A secret key is refused from a browser.
-    map "$key_kind|$http_user_agent" $browser_secret {{
-        default 0;
-        "~^secret\|Mozilla/" 1;
-    }}
-    upstream postgrest {{
-        server 127.0.0.1:{postgrest};
-        keepalive 64;
-    }}
-    server {{
-        listen 127.0.0.1:{gateway};
-        location /rest/v1/ {{
-            if ($key_kind = none) {{ return 401 '{{"message":"No API key found in request"}}'; }}
-            if ($key_kind = invalid) {{ return 401 '{{"message":"Invalid API key"}}'; }}
-            if ($upstream_auth = reject) {{ return 401 '{{"message":"Invalid API key"}}'; }}
-            if ($browser_secret) {{ return 401 '{{"message":"Forbidden use of secret API key in browser"}}'; }}
-            proxy_set_header Authorization $upstream_auth;
-            proxy_set_header apikey "";
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            proxy_pass http://postgrest/;
-        }}
-        location / {{ return 404 '{{"message":"no Route matched with those values"}}'; }}
-    }}
-}}
-"#,
-            dir = self.dir.display(),
-            secret = SECRET_KEY,
-            publishable = PUBLISHABLE_KEY,
-            postgrest = self.postgrest_port,
-            gateway = self.gateway_port,
-        )
+        let values = [
+            ("dir", self.dir.display().to_string()),
+            ("tmp", tmp.display().to_string()),
+            ("service", jwt("service_role")),
+            ("anon", jwt("anon")),
+            ("secret", SECRET_KEY.to_owned()),
+            ("publishable", PUBLISHABLE_KEY.to_owned()),
+            ("postgrest", self.postgrest_port.to_string()),
+            ("gateway", self.gateway_port.to_string()),
+        ];
+        values.iter().fold(GATEWAY_TEMPLATE.to_owned(), |conf, (name, value)| conf.replace(&format!("{{{{{name}}}}}"), value))
     }
 
     fn wait_for_port(&self, port: u16, what: &str) -> Result<()> {
@@ -532,6 +469,9 @@ fn run_async<T: Send + 'static>(f: impl std::future::Future<Output = Result<T>> 
 
 /// What a hosted project has before any migration (see the file for what and why).
 const BOOTSTRAP: &str = include_str!("../sql/bootstrap.sql");
+
+/// The nginx configuration of the gateway, with `{{name}}` placeholders.
+const GATEWAY_TEMPLATE: &str = include_str!("../nginx.conf.template");
 
 /// The default privileges older hosted projects have.
 const DEFAULT_GRANTS: &str = include_str!("../sql/default-grants.sql");
