@@ -8,6 +8,7 @@ pub mod dlq;
 mod http;
 pub mod ingest;
 pub mod jobs;
+pub mod operator;
 pub mod phone;
 pub mod spool;
 pub mod supabase;

@@ -2,10 +2,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use secrecy::ExposeSecret;
 
-use twilio_ingest::twilio::{signature, Params};
-use twilio_ingest::{dlq, supabase::Supabase, telemetry, Application, Config, WEBHOOK_PATH};
+use twilio_ingest::twilio::Params;
+use twilio_ingest::{dlq, operator, supabase::Supabase, telemetry, Application, Config, WEBHOOK_PATH};
 
 /// Receives Twilio webhooks and turns each inbound message into a job row in Supabase.
 ///
@@ -189,164 +188,37 @@ async fn serve(config: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-const PUSH_HINT: &str = "push the migrations: `supabase link --project-ref <ref>` then `supabase db push --remote`";
-
 async fn check(config: &Config) -> anyhow::Result<()> {
-    println!(
-        "configuration: ok ({} key, webhook URL {})",
-        config.service_key.kind(),
-        config.public_url.join(WEBHOOK_PATH)
-    );
-    let supabase = Supabase::new(&config.supabase_url, &config.service_key);
-    let mut problems = 0;
-    match supabase.probe(Duration::from_secs(10)).await {
-        Ok(()) => println!("supabase: ok (users, jobs and dlq_jobs are readable; ingest_batch and ingest_jobs answer)"),
-        Err((what, e)) => {
-            problems += 1;
-            println!("supabase: PROBLEM with {what}: {e}");
-            println!("  {}", e.hint());
-        }
+    let report = operator::check(config).await;
+    for line in &report.lines {
+        println!("{line}");
     }
-    match supabase.schema_report(Duration::from_secs(10)).await {
-        Ok(tables) if tables.len() == 3 => {
-            let found: Vec<String> = tables.iter().flat_map(|t| t.problems()).collect();
-            if found.is_empty() {
-                println!("security: ok (RLS on, service_role granted, anon and authenticated granted nothing)");
-            }
-            for problem in &found {
-                println!("security: PROBLEM: {problem}");
-            }
-            problems += found.len();
-        }
-        Ok(tables) => {
-            problems += 1;
-            println!("security: PROBLEM: expected 3 tables, found {}; {}", tables.len(), PUSH_HINT);
-        }
-        Err(e) => {
-            problems += 1;
-            println!("security: PROBLEM: cannot read the schema report ({e}); {}", e.hint());
-        }
-    }
-    match supabase.function_report(Duration::from_secs(10)).await {
-        Ok(functions) => {
-            let open: Vec<String> = functions
-                .iter()
-                .filter(|f| !f.public_role_privileges.is_empty())
-                .map(|f| {
-                    format!(
-                        "function {}: {} may execute it; revoke it",
-                        f.function_name,
-                        f.public_role_privileges.join(" and ")
-                    )
-                })
-                .collect();
-            if open.is_empty() {
-                println!("security: ok ({} functions, none executable by anon or authenticated)", functions.len());
-            }
-            for problem in &open {
-                println!("security: PROBLEM: {problem}");
-            }
-            problems += open.len();
-        }
-        Err(e) => {
-            problems += 1;
-            println!("security: PROBLEM: cannot read the function report ({e}); {}", e.hint());
-        }
-    }
-    // The very calls batches make, with nothing in them: proves the functions are there and the
-    // key may run them, through the gateway, the way the service will. Both are reported, where
-    // the probe above stops at the first failure.
-    let timeout = Duration::from_secs(10);
-    let ingest = [
-        ("ingest_batch", supabase.ingest_batch(&[], timeout).await),
-        ("ingest_jobs", supabase.ingest_jobs(&[], timeout).await),
-    ];
-    let failed: Vec<String> =
-        ingest.iter().filter_map(|(name, r)| r.as_ref().err().map(|e| format!("{name} ({e})"))).collect();
-    if failed.is_empty() {
-        println!("ingest: ok (ingest_batch and ingest_jobs answer)");
-    } else {
-        problems += 1;
-        let hint = ingest.iter().find_map(|(_, r)| r.as_ref().err()).map_or("", |e| e.hint());
-        println!("ingest: PROBLEM: cannot call {}; {hint}", failed.join(", "));
-    }
-    // Read without taking the spool from a service that may be running on this machine.
-    let spool = twilio_ingest::spool::health(&config.spool_dir).and_then(|()| {
-        twilio_ingest::spool::status(&config.spool_dir)
-            .map_err(|e| format!("SPOOL_DIR {}: {e}", config.spool_dir.display()))
-    });
-    match spool {
-        Ok(status) => {
-            println!("spool: ok ({} waiting in {}, writable, room to spare)", status.depth, config.spool_dir.display())
-        }
-        Err(why) => {
-            problems += 1;
-            println!("spool: PROBLEM: {why}");
-        }
-    }
-    if problems > 0 {
-        anyhow::bail!("{problems} problem(s) found");
+    if report.problems > 0 {
+        anyhow::bail!("{} problem(s) found", report.problems);
     }
     Ok(())
 }
 
 fn signed_sample(config: &Config, sample: &SampleArgs) -> (String, Params, String) {
-    let sid = sample.message_sid.clone().unwrap_or_else(|| {
-        let prefix = match sample.kind {
-            SampleKind::Dm => "SM",
-            SampleKind::Group => "IM",
-        };
-        format!("{prefix}{}", uuid::Uuid::new_v4().simple())
-    });
-    let (secret, account) = config.credentials.sample_signer();
-    let mut pairs: Vec<(String, String)> = match sample.kind {
-        SampleKind::Dm => vec![
-            ("MessageSid".into(), sid.clone()),
-            ("SmsMessageSid".into(), sid.clone()),
-            ("SmsSid".into(), sid),
-            ("AccountSid".into(), account),
-            ("From".into(), sample.from.clone()),
-            ("To".into(), "+15005550001".into()),
-            ("Body".into(), sample.body.clone()),
-            ("NumMedia".into(), "0".into()),
-            ("NumSegments".into(), "1".into()),
-            ("SmsStatus".into(), "received".into()),
-            ("ApiVersion".into(), "2010-04-01".into()),
-        ],
-        SampleKind::Group => vec![
-            ("EventType".into(), "onMessageAdded".into()),
-            ("ConversationSid".into(), "CH00000000000000000000000000000000".into()),
-            ("MessageSid".into(), sid),
-            ("AccountSid".into(), account),
-            ("Author".into(), sample.from.clone()),
-            ("Body".into(), sample.body.clone()),
-            ("Index".into(), "0".into()),
-            ("Source".into(), "SMS".into()),
-            ("RetryCount".into(), "0".into()),
-        ],
+    let kind = match sample.kind {
+        SampleKind::Dm => operator::SampleKind::Dm,
+        SampleKind::Group => operator::SampleKind::Group,
     };
-    if let Some(name) = &sample.profile_name {
-        pairs.push(("ProfileName".into(), name.clone()));
-    }
-    let params = Params::from_pairs(pairs);
-    let url = config.public_url.join(WEBHOOK_PATH);
-    let sig = signature::sign(secret.expose_secret(), &url, &params);
-    (url, params, sig)
+    let message = operator::Sample {
+        kind,
+        from: sample.from.clone(),
+        body: sample.body.clone(),
+        profile_name: sample.profile_name.clone(),
+        message_sid: sample.message_sid.clone(),
+    };
+    operator::signed_sample(config, &message)
 }
 
 async fn send(config: &Config, sample: &SampleArgs, target: Option<String>) -> anyhow::Result<()> {
     let (_, params, sig) = signed_sample(config, sample);
     let target = target.unwrap_or_else(|| format!("http://127.0.0.1:{}{WEBHOOK_PATH}", config.port));
-    let body = form_urlencoded::Serializer::new(String::new()).extend_pairs(params.pairs()).finish();
-    let response = reqwest::Client::new()
-        .post(&target)
-        .header("X-Twilio-Signature", sig)
-        .header("Content-Type", "application/x-www-form-urlencoded")
-        .body(body)
-        .send()
-        .await?;
-    let status = response.status();
-    println!("{} {status}: {}", params.get("MessageSid").unwrap_or_default(), response.text().await?.trim());
+    let (status, answer) = operator::send(&target, &params, &sig).await?;
+    println!("{} {status}: {}", params.get("MessageSid").unwrap_or_default(), answer.trim());
     if !status.is_success() {
         anyhow::bail!("the service answered {status}");
     }

@@ -422,3 +422,26 @@ async fn the_service_trusts_a_private_ca_given_in_ssl_cert_file_and_no_other() {
     let in_jobs = jobs_with_sid(stack, &sid_of(&params));
     assert_eq!(in_jobs, 1, "the message went to the spool rather than over TLS");
 }
+
+/// The operator's logic is the library's: a test reaches `check` and the signed sample without
+/// the binary.
+#[tokio::test]
+async fn check_and_the_signed_sample_work_in_process() {
+    let stack = shared_stack(Grants::None);
+    let config = config(&stack.url(), KeyKind::Secret, &temp_dir("spool"), &[]);
+    let report = twilio_ingest::operator::check(&config).await;
+    assert_eq!(report.problems, 0, "{:#?}", report.lines);
+    let app = spawn_app(stack, KeyKind::Secret).await;
+    let sample = twilio_ingest::operator::Sample {
+        kind: twilio_ingest::operator::SampleKind::Group,
+        from: unique_phone(),
+        body: "in process".into(),
+        profile_name: None,
+        message_sid: None,
+    };
+    let (_, params, signature) = twilio_ingest::operator::signed_sample(&config, &sample);
+    let (status, _) = twilio_ingest::operator::send(&app.url(), &params, &signature).await.unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(jobs_with_sid(stack, &sid_of(&params)), 1);
+    app.stop().await;
+}

@@ -270,7 +270,9 @@ impl Stack {
             ("postgrest", self.postgrest_port.to_string()),
             ("gateway", self.gateway_port.to_string()),
         ];
-        values.iter().fold(GATEWAY_TEMPLATE.to_owned(), |conf, (name, value)| conf.replace(&format!("{{{{{name}}}}}"), value))
+        values
+            .iter()
+            .fold(GATEWAY_TEMPLATE.to_owned(), |conf, (name, value)| conf.replace(&format!("{{{{{name}}}}}"), value))
     }
 
     fn wait_for_port(&self, port: u16, what: &str) -> Result<()> {

@@ -1,0 +1,191 @@
+//! The operator's commands, kept out of `main.rs` so tests reach them without the binary:
+//! `check` (is this deployment able to do its work?) and the signed sample webhook behind `sign`
+//! and `send`. `dlq`, `jobs` and `spool` have modules of their own.
+
+use std::time::Duration;
+
+use secrecy::ExposeSecret;
+
+use crate::supabase::Supabase;
+use crate::twilio::{signature, Params};
+use crate::{spool, Config, WEBHOOK_PATH};
+
+const TIMEOUT: Duration = Duration::from_secs(10);
+const PUSH_HINT: &str = "push the migrations: `supabase link --project-ref <ref>` then `supabase db push --remote`";
+
+/// What `check` found: one line a finding, and how many of them are problems.
+#[derive(Debug, Default)]
+pub struct CheckReport {
+    pub lines: Vec<String>,
+    pub problems: usize,
+}
+
+impl CheckReport {
+    fn ok(&mut self, line: String) {
+        self.lines.push(line);
+    }
+
+    fn problem(&mut self, line: String) {
+        self.lines.push(line);
+        self.problems += 1;
+    }
+}
+
+/// Checks the configuration, the key, the schema and its grants, the functions a batch calls, and
+/// the spool, and says for each what is wrong and what to do.
+pub async fn check(config: &Config) -> CheckReport {
+    let mut report = CheckReport::default();
+    report.ok(format!(
+        "configuration: ok ({} key, webhook URL {})",
+        config.service_key.kind(),
+        config.public_url.join(WEBHOOK_PATH)
+    ));
+    let supabase = Supabase::new(&config.supabase_url, &config.service_key);
+    match supabase.probe(TIMEOUT).await {
+        Ok(()) => report
+            .ok("supabase: ok (users, jobs and dlq_jobs are readable; ingest_batch and ingest_jobs answer)".into()),
+        Err((what, e)) => report.problem(format!("supabase: PROBLEM with {what}: {e}\n  {}", e.hint())),
+    }
+    match supabase.schema_report(TIMEOUT).await {
+        Ok(tables) if tables.len() == 3 => {
+            let found: Vec<String> = tables.iter().flat_map(|t| t.problems()).collect();
+            if found.is_empty() {
+                report.ok("security: ok (RLS on, service_role granted, anon and authenticated granted nothing)".into());
+            }
+            for problem in found {
+                report.problem(format!("security: PROBLEM: {problem}"));
+            }
+        }
+        Ok(tables) => {
+            report.problem(format!("security: PROBLEM: expected 3 tables, found {}; {PUSH_HINT}", tables.len()))
+        }
+        Err(e) => report.problem(format!("security: PROBLEM: cannot read the schema report ({e}); {}", e.hint())),
+    }
+    match supabase.function_report(TIMEOUT).await {
+        Ok(functions) => {
+            let open: Vec<String> = functions
+                .iter()
+                .filter(|f| !f.public_role_privileges.is_empty())
+                .map(|f| {
+                    format!(
+                        "function {}: {} may execute it; revoke it",
+                        f.function_name,
+                        f.public_role_privileges.join(" and ")
+                    )
+                })
+                .collect();
+            if open.is_empty() {
+                report.ok(format!(
+                    "security: ok ({} functions, none executable by anon or authenticated)",
+                    functions.len()
+                ));
+            }
+            for problem in open {
+                report.problem(format!("security: PROBLEM: {problem}"));
+            }
+        }
+        Err(e) => report.problem(format!("security: PROBLEM: cannot read the function report ({e}); {}", e.hint())),
+    }
+    // The very calls batches make, with nothing in them: proves the functions are there and the
+    // key may run them, through the gateway, the way the service will. Both are reported, where
+    // the probe above stops at the first failure.
+    let ingest = [
+        ("ingest_batch", supabase.ingest_batch(&[], TIMEOUT).await),
+        ("ingest_jobs", supabase.ingest_jobs(&[], TIMEOUT).await),
+    ];
+    let failed: Vec<String> =
+        ingest.iter().filter_map(|(name, r)| r.as_ref().err().map(|e| format!("{name} ({e})"))).collect();
+    match ingest.iter().find_map(|(_, r)| r.as_ref().err()) {
+        None => report.ok("ingest: ok (ingest_batch and ingest_jobs answer)".into()),
+        Some(e) => report.problem(format!("ingest: PROBLEM: cannot call {}; {}", failed.join(", "), e.hint())),
+    }
+    // Read without taking the spool from a service that may be running on this machine.
+    let dir = &config.spool_dir;
+    let spool =
+        spool::health(dir).and_then(|()| spool::status(dir).map_err(|e| format!("SPOOL_DIR {}: {e}", dir.display())));
+    match spool {
+        Ok(status) => {
+            report.ok(format!("spool: ok ({} waiting in {}, writable, room to spare)", status.depth, dir.display()))
+        }
+        Err(why) => report.problem(format!("spool: PROBLEM: {why}")),
+    }
+    report
+}
+
+/// Which kind of webhook a sample is.
+#[derive(Clone, Copy, Debug)]
+pub enum SampleKind {
+    /// A Messaging webhook: a direct message.
+    Dm,
+    /// A Conversations `onMessageAdded` webhook: a message in a group.
+    Group,
+}
+
+/// A sample inbound message, for trying a deployment by hand.
+#[derive(Clone, Debug)]
+pub struct Sample {
+    pub kind: SampleKind,
+    pub from: String,
+    pub body: String,
+    pub profile_name: Option<String>,
+    /// A fresh one when not given.
+    pub message_sid: Option<String>,
+}
+
+/// The sample as Twilio would send it to this deployment: its URL, its params, and their signature
+/// with the configured secret.
+pub fn signed_sample(config: &Config, sample: &Sample) -> (String, Params, String) {
+    let prefix = match sample.kind {
+        SampleKind::Dm => "SM",
+        SampleKind::Group => "IM",
+    };
+    let sid = sample.message_sid.clone().unwrap_or_else(|| format!("{prefix}{}", uuid::Uuid::new_v4().simple()));
+    let (secret, account) = config.credentials.sample_signer();
+    let mut pairs: Vec<(&str, String)> = match sample.kind {
+        SampleKind::Dm => vec![
+            ("MessageSid", sid.clone()),
+            ("SmsMessageSid", sid.clone()),
+            ("SmsSid", sid),
+            ("AccountSid", account),
+            ("From", sample.from.clone()),
+            ("To", "+15005550001".into()),
+            ("Body", sample.body.clone()),
+            ("NumMedia", "0".into()),
+            ("NumSegments", "1".into()),
+            ("SmsStatus", "received".into()),
+            ("ApiVersion", "2010-04-01".into()),
+        ],
+        SampleKind::Group => vec![
+            ("EventType", "onMessageAdded".into()),
+            ("ConversationSid", "CH00000000000000000000000000000000".into()),
+            ("MessageSid", sid),
+            ("AccountSid", account),
+            ("Author", sample.from.clone()),
+            ("Body", sample.body.clone()),
+            ("Index", "0".into()),
+            ("Source", "SMS".into()),
+            ("RetryCount", "0".into()),
+        ],
+    };
+    if let Some(name) = &sample.profile_name {
+        pairs.push(("ProfileName", name.clone()));
+    }
+    let params = Params::from_pairs(pairs);
+    let url = config.public_url.join(WEBHOOK_PATH);
+    let sig = signature::sign(secret.expose_secret(), &url, &params);
+    (url, params, sig)
+}
+
+/// POSTs signed params to `target`, as Twilio would; returns the status and body of the answer.
+pub async fn send(target: &str, params: &Params, signature: &str) -> reqwest::Result<(reqwest::StatusCode, String)> {
+    let body = form_urlencoded::Serializer::new(String::new()).extend_pairs(params.pairs()).finish();
+    let response = reqwest::Client::new()
+        .post(target)
+        .header("X-Twilio-Signature", signature)
+        .header("Content-Type", "application/x-www-form-urlencoded")
+        .body(body)
+        .send()
+        .await?;
+    let status = response.status();
+    Ok((status, response.text().await?))
+}
