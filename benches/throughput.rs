@@ -579,8 +579,8 @@ async fn drain(stack: &Stack) -> Drained {
                     timings.lock().unwrap().1 += claim_started.elapsed();
                     if claimed.is_empty() {
                         // Nothing's turn has come: the rest wait behind jobs in flight. Polling
-                        // at once again would only take CPU from the workers finishing those.
-                        tokio::time::sleep(Duration::from_millis(5)).await;
+                        // again at once would only take CPU from the workers finishing those.
+                        tokio::time::sleep(Duration::from_millis(20)).await;
                         continue;
                     }
                     timings.lock().unwrap().0 += 1;

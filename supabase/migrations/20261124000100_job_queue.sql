@@ -188,12 +188,18 @@ begin
             where p.id = any (array(
                   select w.id
                   from (
-                      select w.id, w.source_channel_id, w.received_at, w.run_at
-                      from public.jobs as w
-                      where w.status = 'pending' and w.run_at <= now()
-                        and (source_types is null or w.source_type = any (source_types))
-                      order by w.run_at, w.received_at, w.id
-                      limit scan
+                      -- Only a channel's first job in the window can be its head: one probe a
+                      -- channel, not one a job, when a few busy channels fill the window.
+                      select distinct on (w.source_channel_id) w.id, w.source_channel_id, w.received_at
+                      from (
+                          select w.id, w.source_channel_id, w.received_at, w.run_at
+                          from public.jobs as w
+                          where w.status = 'pending' and w.run_at <= now()
+                            and (source_types is null or w.source_type = any (source_types))
+                          order by w.run_at, w.received_at, w.id
+                          limit scan
+                      ) as w
+                      order by w.source_channel_id, w.received_at, w.id
                   ) as w
                   where not exists (
                       select
