@@ -264,12 +264,7 @@ mod tests {
 
     #[test]
     fn an_sms_is_a_dm_from_its_sender() {
-        let m = message(&[
-            ("MessageSid", "SM00000000000000000000000000000001"),
-            ("From", "+14155550100"),
-            ("To", "+14155550199"),
-            ("Body", "hi"),
-        ]);
+        let m = message(&[("MessageSid", SM), ("From", "+14155550100"), ("To", "+14155550199"), ("Body", "hi")]);
         assert_eq!(m.kind, Kind::Dm);
         assert_eq!(m.user_phone.as_str(), "+14155550100");
         assert_eq!(m.channel, "+14155550100");
@@ -312,12 +307,7 @@ mod tests {
         assert_eq!(mms(&["application/pdf"]), ContentType::Document);
         assert_eq!(mms(&["text/vcard"]), ContentType::Contact);
         assert_eq!(mms(&["video/mp4"]), ContentType::Video);
-        let loc = message(&[
-            ("MessageSid", "SM00000000000000000000000000000003"),
-            ("From", "+14155550100"),
-            ("Latitude", "1.5"),
-            ("Longitude", "2"),
-        ]);
+        let loc = message(&[("MessageSid", SM), ("From", "+14155550100"), ("Latitude", "1.5"), ("Longitude", "2")]);
         assert_eq!(loc.content_type, ContentType::Location);
         let empty =
             message(&[("MessageSid", "SM00000000000000000000000000000004"), ("From", "+14155550100"), ("Body", "")]);
@@ -326,16 +316,9 @@ mod tests {
 
     #[test]
     fn a_conversations_message_is_a_group_message_in_its_conversation() {
-        let m = message(&[
-            ("EventType", "onMessageAdded"),
-            ("ConversationSid", "CH00000000000000000000000000000123"),
-            ("MessageSid", "IM00000000000000000000000000000123"),
-            ("Author", "whatsapp:+447700900123"),
-            ("Body", ""),
-            ("Media", r#"[{"Sid":"ME1","ContentType":"audio/ogg","Filename":"a.ogg","Size":10}]"#),
-        ]);
+        let m = group_with_media(r#"[{"Sid":"ME1","ContentType":"audio/ogg","Filename":"a.ogg","Size":10}]"#);
         assert_eq!(m.kind, Kind::Group);
-        assert_eq!(m.channel, "CH00000000000000000000000000000123");
+        assert_eq!(m.channel, CH);
         assert_eq!(m.user_phone.as_str(), "+447700900123");
         assert_eq!(m.content_type, ContentType::Audio);
     }
@@ -371,6 +354,19 @@ mod tests {
     }
 
     const SM: &str = "SM0123456789abcdef0123456789abcdef";
+    const CH: &str = "CH0123456789abcdef0123456789abcdef";
+
+    /// A Conversations message from a WhatsApp user with `media` (a JSON string) and no body.
+    fn group_with_media(media: &str) -> InboundMessage {
+        message(&[
+            ("EventType", "onMessageAdded"),
+            ("ConversationSid", CH),
+            ("MessageSid", "IM0123456789abcdef0123456789abcdef"),
+            ("Author", "whatsapp:+447700900123"),
+            ("Body", ""),
+            ("Media", media),
+        ])
+    }
 
     #[test]
     fn only_a_sid_of_twilios_shape_is_a_message_id() {
@@ -438,13 +434,7 @@ mod tests {
 
     #[test]
     fn conversations_media_given_as_one_object_is_read() {
-        let m = message(&[
-            ("EventType", "onMessageAdded"),
-            ("ConversationSid", "CH0123456789abcdef0123456789abcdef"),
-            ("MessageSid", "IM0123456789abcdef0123456789abcdef"),
-            ("Author", "+14155550100"),
-            ("Media", r#"{"Sid":"ME1","ContentType":"video/mp4","Filename":"a.mp4","Size":10}"#),
-        ]);
+        let m = group_with_media(r#"{"Sid":"ME1","ContentType":"video/mp4","Filename":"a.mp4","Size":10}"#);
         assert_eq!(m.content_type, ContentType::Video);
     }
 }

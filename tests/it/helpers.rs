@@ -246,18 +246,18 @@ pub fn sql_list(sids: &[String]) -> String {
 /// Asserts that every MessageSid is in `jobs` or `dlq_jobs`, and in exactly one row of one of them.
 pub fn assert_each_stored_once(stack: &Stack, sids: &[String]) {
     let list = sql_list(sids);
-    let rows = read_column(
+    let rows: Vec<(String, i64)> = read_rows(
         stack,
         &format!(
-            "select s.sid || ':' || (select count(*) from jobs j where j.message_sid = s.sid)
+            "select s.sid, (select count(*) from jobs j where j.message_sid = s.sid)
                  + (select count(*) from dlq_jobs d where d.message_sid = s.sid)
              from unnest(array[{list}]::text[]) as s(sid)"
         ),
     );
-    let wrong: Vec<String> = rows.into_iter().flatten().filter(|r| !r.ends_with(":1")).collect();
+    let wrong: Vec<(String, i64)> = rows.into_iter().filter(|(_, stored)| *stored != 1).collect();
     assert!(
         wrong.is_empty(),
-        "{} of {} messages not stored exactly once: {:?}",
+        "{} of {} messages not stored exactly once (MessageSid, times stored): {:?}",
         wrong.len(),
         sids.len(),
         &wrong[..wrong.len().min(10)]
@@ -276,22 +276,18 @@ macro_rules! on_every_stack {
                 super::$scenario(stack, &app).await;
                 app.stop().await;
             }
-            #[tokio::test]
-            async fn legacy_key_default_grants() {
-                run(Grants::Default, KeyKind::LegacyJwt).await
+            macro_rules! variant {
+                ($name:ident, $grants:expr, $key:expr) => {
+                    #[tokio::test]
+                    async fn $name() {
+                        run($grants, $key).await
+                    }
+                };
             }
-            #[tokio::test]
-            async fn legacy_key_no_default_grants() {
-                run(Grants::None, KeyKind::LegacyJwt).await
-            }
-            #[tokio::test]
-            async fn secret_key_default_grants() {
-                run(Grants::Default, KeyKind::Secret).await
-            }
-            #[tokio::test]
-            async fn secret_key_no_default_grants() {
-                run(Grants::None, KeyKind::Secret).await
-            }
+            variant!(legacy_key_default_grants, Grants::Default, KeyKind::LegacyJwt);
+            variant!(legacy_key_no_default_grants, Grants::None, KeyKind::LegacyJwt);
+            variant!(secret_key_default_grants, Grants::Default, KeyKind::Secret);
+            variant!(secret_key_no_default_grants, Grants::None, KeyKind::Secret);
         }
     };
 }
@@ -335,4 +331,44 @@ pub fn sids_of(messages: &[Params]) -> Vec<String> {
 /// How many jobs have this MessageSid (one, or none).
 pub fn jobs_with_sid(stack: &Stack, sid: &str) -> i64 {
     count(stack, &format!("select count(*) from jobs where message_sid = '{sid}'"))
+}
+
+/// A row a test reads, typed: a tuple of columns, each parsed from PostgreSQL's text (NULL as "").
+pub trait Row: Sized {
+    fn from_columns(columns: Vec<Option<String>>) -> Self;
+}
+
+fn column<T: std::str::FromStr>(columns: &mut impl Iterator<Item = Option<String>>) -> T
+where
+    T::Err: std::fmt::Debug,
+{
+    columns.next().expect("the query has this column").unwrap_or_default().parse().expect("the column parses")
+}
+
+impl<A: std::str::FromStr, B: std::str::FromStr> Row for (A, B)
+where
+    A::Err: std::fmt::Debug,
+    B::Err: std::fmt::Debug,
+{
+    fn from_columns(columns: Vec<Option<String>>) -> Self {
+        let mut columns = columns.into_iter();
+        (column(&mut columns), column(&mut columns))
+    }
+}
+
+impl<A: std::str::FromStr, B: std::str::FromStr, C: std::str::FromStr> Row for (A, B, C)
+where
+    A::Err: std::fmt::Debug,
+    B::Err: std::fmt::Debug,
+    C::Err: std::fmt::Debug,
+{
+    fn from_columns(columns: Vec<Option<String>>) -> Self {
+        let mut columns = columns.into_iter();
+        (column(&mut columns), column(&mut columns), column(&mut columns))
+    }
+}
+
+/// The rows a query returns, each as a typed tuple.
+pub fn read_rows<T: Row>(stack: &Stack, sql: &str) -> Vec<T> {
+    stack.query_rows(sql).expect("the query runs").into_iter().map(T::from_columns).collect()
 }

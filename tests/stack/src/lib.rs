@@ -320,6 +320,11 @@ impl Stack {
 
     /// Runs a query as `postgres` and returns the first column of each row as text.
     pub fn query(&self, sql: &str) -> Result<Vec<Option<String>>> {
+        Ok(self.query_rows(sql)?.into_iter().map(|row| row.into_iter().next().flatten()).collect())
+    }
+
+    /// Runs a query as `postgres` and returns every column of each row as text.
+    pub fn query_rows(&self, sql: &str) -> Result<Vec<Vec<Option<String>>>> {
         let url = self.db_url();
         let sql = sql.to_owned();
         run_async(async move {
@@ -328,7 +333,9 @@ impl Stack {
             Ok(rows
                 .into_iter()
                 .filter_map(|m| match m {
-                    tokio_postgres::SimpleQueryMessage::Row(r) => Some(r.get(0).map(str::to_owned)),
+                    tokio_postgres::SimpleQueryMessage::Row(r) => {
+                        Some((0..r.len()).map(|i| r.get(i).map(str::to_owned)).collect())
+                    }
                     _ => None,
                 })
                 .collect())
