@@ -18,7 +18,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -31,8 +31,7 @@ use hyper::header::{HeaderName, HeaderValue, CONTENT_TYPE, HOST};
 use hyper_util::rt::TokioIo;
 use twilio_ingest::twilio::{signature, Params};
 
-const TOKEN: &str = "7c8a2c5e0b1d4f3a9e6b8d2c1f0a3e5b";
-const PUBLIC_URL: &str = "https://ingest.example.com";
+use devstack::{PUBLIC_URL, TWILIO_TOKEN as TOKEN};
 const USERS: usize = 1_000;
 const CONCURRENCY: usize = 32;
 /// The drain phase: workers, and how many jobs each claims at a time.
@@ -91,34 +90,26 @@ fn phone(i: usize) -> String {
     format!("+1555{:07}", i % USERS)
 }
 
-/// The `i`th message of a run: 80% WhatsApp dms with a profile name, 20% Conversations messages.
+/// The `i`th message of a run: 80% WhatsApp dms with a profile name, 20% Conversations messages,
+/// built by the same fixtures as the tests'.
 fn message(i: usize, run: &str) -> Params {
     // Twilio's shape: two letters and 32 hex digits, the run's label as two of them.
     let digits = format!("{:02x}{i:030}", run.as_bytes()[0]);
     if i % 5 == 4 {
-        Params::from_pairs([
-            ("EventType", "onMessageAdded".to_owned()),
-            ("ConversationSid", format!("CH{:032}", i % 50)),
-            ("MessageSid", format!("IM{digits}")),
-            ("AccountSid", "AC00000000000000000000000000000000".to_owned()),
-            ("Author", phone(i)),
-            ("Body", "group message from the benchmark".to_owned()),
-            ("Index", i.to_string()),
-            ("Source", "SMS".to_owned()),
-        ])
+        let conversation = format!("CH{:032}", i % 50);
+        Params::from_pairs(devstack::conversation_params(
+            &format!("IM{digits}"),
+            &conversation,
+            &phone(i),
+            "group message from the benchmark",
+            i,
+        ))
     } else {
-        let sid = format!("SM{digits}");
-        Params::from_pairs([
-            ("MessageSid", sid.clone()),
-            ("SmsMessageSid", sid),
-            ("AccountSid", "AC00000000000000000000000000000000".to_owned()),
-            ("From", format!("whatsapp:{}", phone(i))),
-            ("To", "whatsapp:+15005550001".to_owned()),
-            ("Body", "hello from the benchmark".to_owned()),
-            ("ProfileName", "Bench".to_owned()),
-            ("NumMedia", "0".to_owned()),
-            ("SmsStatus", "received".to_owned()),
-        ])
+        let from = format!("whatsapp:{}", phone(i));
+        let mut pairs =
+            devstack::sms_params(&format!("SM{digits}"), &from, "whatsapp:+15005550001", "hello from the benchmark");
+        pairs.push(("ProfileName".into(), "Bench".into()));
+        Params::from_pairs(pairs)
     }
 }
 
@@ -336,23 +327,14 @@ impl Cpu {
 
 fn start_service(stack: &Stack, spool: &std::path::Path) -> (Child, u16) {
     let port = free_port();
-    let child = Command::new(env!("CARGO_BIN_EXE_twilio-ingest"))
-        .env_clear()
-        .env("TWILIO_AUTH_TOKEN", TOKEN)
-        .env("PUBLIC_URL", PUBLIC_URL)
-        .env("SUPABASE_URL", stack.url())
-        .env("SUPABASE_SERVICE_ROLE_KEY", KeyKind::Secret.service_key())
-        .env("SPOOL_DIR", spool)
-        .env("HOST", "127.0.0.1")
-        .env("PORT", port.to_string())
+    let binary = std::path::Path::new(env!("CARGO_BIN_EXE_twilio-ingest"));
+    let child = devstack::service_command(binary, &stack.url(), KeyKind::Secret, spool, port)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()
         .unwrap();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    devstack::wait_for_listener(port);
     (child, port)
 }
 

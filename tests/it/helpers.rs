@@ -12,8 +12,7 @@ use twilio_ingest::ingest::{Ingestor, Settings};
 use twilio_ingest::twilio::{signature, Params};
 use twilio_ingest::{Application, Config, WEBHOOK_PATH};
 
-pub const TOKEN: &str = "7c8a2c5e0b1d4f3a9e6b8d2c1f0a3e5b";
-pub const PUBLIC_URL: &str = "https://ingest.example.com";
+pub use devstack::{wait_for_listener, PUBLIC_URL, TWILIO_TOKEN as TOKEN};
 
 /// One stack per grants mode, started on first use and shared by the tests that only add rows.
 pub fn shared_stack(grants: Grants) -> &'static Stack {
@@ -150,34 +149,20 @@ impl TestApp {
     }
 }
 
-/// The service binary, with nothing in its environment but a configuration for the test token,
-/// `supabase_url` and `key`, listening on loopback `port`.
+/// The service binary, configured for the test token, `supabase_url` and `key`, on loopback `port`.
 pub fn service_command(
     supabase_url: &str,
     key: KeyKind,
     spool_dir: &std::path::Path,
     port: u16,
 ) -> std::process::Command {
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_twilio-ingest"));
-    cmd.env_clear()
-        .env("TWILIO_AUTH_TOKEN", TOKEN)
-        .env("PUBLIC_URL", PUBLIC_URL)
-        .env("SUPABASE_URL", supabase_url)
-        .env("SUPABASE_SERVICE_ROLE_KEY", key.service_key())
-        .env("SPOOL_DIR", spool_dir)
-        .env("HOST", "127.0.0.1")
-        .env("PORT", port.to_string())
-        .env("OPS_PORT", devstack::free_port().to_string());
-    cmd
-}
-
-/// Waits until a process listens on loopback `port`.
-pub fn wait_for_listener(port: u16) {
-    let until = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < until, "nothing listens on port {port}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    devstack::service_command(
+        std::path::Path::new(env!("CARGO_BIN_EXE_twilio-ingest")),
+        supabase_url,
+        key,
+        spool_dir,
+        port,
+    )
 }
 
 pub fn sign(params: &Params) -> String {
@@ -198,36 +183,14 @@ pub fn unique_phone() -> String {
     format!("+1{}", 2_000_000_000 + n)
 }
 
+/// An SMS from `from` with a fresh MessageSid.
 pub fn sms(from: &str, body: &str) -> Params {
-    let sid = unique("SM");
-    Params::from_pairs([
-        ("MessageSid", sid.as_str()),
-        ("SmsMessageSid", sid.as_str()),
-        ("SmsSid", sid.as_str()),
-        ("AccountSid", "AC00000000000000000000000000000000"),
-        ("From", from),
-        ("To", "+15005550001"),
-        ("Body", body),
-        ("NumMedia", "0"),
-        ("NumSegments", "1"),
-        ("SmsStatus", "received"),
-    ])
+    Params::from_pairs(devstack::sms_params(&unique("SM"), from, "+15005550001", body))
 }
 
+/// A message in Conversation `conversation` from `author`, with a fresh MessageSid.
 pub fn group_message(conversation: &str, author: &str, body: &str) -> Params {
-    Params::from_pairs([
-        ("EventType", "onMessageAdded"),
-        ("ConversationSid", conversation),
-        ("MessageSid", unique("IM").as_str()),
-        ("AccountSid", "AC00000000000000000000000000000000"),
-        ("Author", author),
-        ("Body", body),
-        ("ParticipantSid", "MB00000000000000000000000000000000"),
-        ("Index", "0"),
-        ("Source", "SMS"),
-        ("RetryCount", "0"),
-        ("Attributes", "{}"),
-    ])
+    Params::from_pairs(devstack::conversation_params(&unique("IM"), conversation, author, body, 0))
 }
 
 /// The first column of each row a query returns, as text.

@@ -8,6 +8,7 @@
 mod fault;
 #[allow(unsafe_code)]
 mod process;
+mod service;
 mod tls;
 
 use std::fs;
@@ -25,6 +26,9 @@ use sha2::Sha256;
 
 pub use fault::{FaultMode, FaultProxy};
 pub use process::signal;
+pub use service::{
+    conversation_params, service_command, sms_params, wait_for_listener, ACCOUNT_SID, PUBLIC_URL, TWILIO_TOKEN,
+};
 pub use tls::TlsGateway;
 
 /// The local CLI's public demo JWT secret (for local use only).
