@@ -1,10 +1,11 @@
 //! Ingest: turns a genuine webhook into a job, a dead letter, or a spooled record, and says which
 //! only once the message is durable in one of them.
 //!
-//! Jobs from concurrent requests are coalesced into one REST round trip (`batcher`); a refused
-//! batch is split to find the message at fault, which alone is dead-lettered; Supabase failures
-//! worth retrying are retried until the request's deadline (`retry`), then the message is spooled
-//! and replayed later (`replay`).
+//! Jobs from concurrent requests are coalesced into one REST round trip (`batcher`) and stored
+//! (`store`): a refused batch is split to find the message at fault, which alone is dead-lettered;
+//! Supabase failures worth retrying are retried until the request's deadline (`retry`), then the
+//! message is spooled and replayed later (`replay`). Each message keeps the moment it arrived
+//! (`arrival`), its place in its channel's order.
 
 mod arrival;
 mod batcher;
