@@ -1,3 +1,8 @@
+-- Superseded: the current ingest_batch is in 20261123000300_ingest_jobs.sql (users upsert, then
+-- ingest_jobs), and ingest_jobs' in 20261124000100_job_queue.sql; supabase/README.md keeps the map.
+-- What follows describes this migration's design as it was applied, and is kept as history: an
+-- applied migration's statements are never changed.
+--
 -- ingest_batch: one round trip per batch of messages, and cheaper than ingest_messages.
 --
 -- It does what ingest_messages did: create the users that are new, give a name to a user who has

@@ -445,3 +445,38 @@ async fn check_and_the_signed_sample_work_in_process() {
     assert_eq!(jobs_with_sid(stack, &sid_of(&params)), 1);
     app.stop().await;
 }
+
+/// The image is built the way fly.toml and the README promise: a pinned toolchain, fixed uid and
+/// gid, a stripped binary, both ports exposed, and no local secrets in the build context.
+#[test]
+fn the_image_is_pinned_stripped_and_keeps_secrets_out_of_its_context() {
+    let root = devstack::repo_root();
+    let dockerfile = std::fs::read_to_string(root.join("Dockerfile")).unwrap();
+    let from = dockerfile.lines().find(|l| l.starts_with("FROM rust:")).unwrap();
+    let tag = from.trim_start_matches("FROM rust:").split_whitespace().next().unwrap();
+    assert!(
+        tag.chars().next().unwrap().is_ascii_digit() && tag.split('-').next().unwrap().contains('.'),
+        "not pinned: {from}"
+    );
+    assert!(dockerfile.contains("groupadd --system --gid 10001 app"), "the group's gid is not fixed");
+    assert!(dockerfile.contains("--uid 10001 --gid 10001"), "the user's ids are not fixed");
+    assert!(dockerfile.contains("EXPOSE 8080 9091"));
+    let cargo: toml::Value = toml::from_str(&std::fs::read_to_string(root.join("Cargo.toml")).unwrap()).unwrap();
+    assert_eq!(cargo["profile"]["release"]["strip"].as_bool(), Some(true));
+    let ignored = std::fs::read_to_string(root.join(".dockerignore")).unwrap();
+    for pattern in [".env*", "*.pem", "*.key", "target", ".git"] {
+        assert!(ignored.lines().any(|l| l.trim() == pattern), ".dockerignore lacks {pattern}");
+    }
+}
+
+/// `Application::build_with` takes its deadline from the configuration (INGEST_DEADLINE_MS), not
+/// from the settings it is given: with Supabase down, a 600 ms deadline answers within it.
+#[tokio::test]
+async fn build_with_honours_the_configured_deadline() {
+    let app = spawn_app_while_down(&temp_dir("spool"), Default::default()).await;
+    let started = std::time::Instant::now();
+    assert_eq!(app.post_signed(&sms(&unique_phone(), "deadline")).await.status(), 200);
+    let took = started.elapsed();
+    assert!(took < Duration::from_millis(1_200), "answered after {took:?}: the default 2.5 s deadline was used");
+    app.stop().await;
+}
