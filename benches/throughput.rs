@@ -35,8 +35,8 @@ use devstack::{PUBLIC_URL, TWILIO_TOKEN as TOKEN};
 const USERS: usize = 1_000;
 const CONCURRENCY: usize = 32;
 /// The drain phase: workers, and how many jobs each claims at a time.
-const WORKERS: usize = 8;
-const CLAIM_BATCH: usize = 50;
+const WORKERS: usize = 4;
+const CLAIM_BATCH: usize = 100;
 
 /// Where requests go and the headers every one of them carries.
 struct Target {
