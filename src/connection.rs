@@ -12,10 +12,11 @@ use tokio::time::{Instant, Sleep};
 
 /// A new connection must send its first byte within this long.
 pub const FIRST_BYTE: Duration = Duration::from_secs(5);
-/// A connection that neither sends nor receives for this long is closed. Above the longest a
-/// request can take (its body's budget plus the ingest deadline), so a request in progress is
-/// never cut.
-pub const IDLE: Duration = Duration::from_secs(10);
+/// A connection that neither sends nor receives for this long is closed: an idle keep-alive
+/// connection, in practice. Well above the longest a request can take (its body's budget plus the
+/// ingest deadline), so a request in progress is never cut, and long enough that a proxy keeping a
+/// pool of connections to the service (Fly's) rarely sends on one just as it is closed.
+pub const IDLE: Duration = Duration::from_secs(30);
 /// Descriptors kept back from connections, for the spool, the Supabase client and the listener.
 const RESERVED_FDS: u64 = 128;
 
