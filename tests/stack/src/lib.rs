@@ -204,7 +204,9 @@ impl Stack {
             "-c",
             "unix_socket_directories=",
             "-c",
-            "max_connections=100",
+            // Tests share a stack across threads, and each query of theirs has a connection of its
+            // own; room to spare, so that none waits for a slot.
+            "max_connections=200",
             "-c",
             "shared_buffers=64MB",
         ]);
