@@ -173,7 +173,7 @@ begin
     -- First pass: the first `scan` due jobs, first due first. When most due jobs are their
     -- channel's first (many senders, a few messages each), this finds them at once and reads
     -- nothing else; when nothing is due it reads nothing at all.
-    scan := greatest(200, 4 * wanted);
+    scan := greatest(100, 2 * wanted);
     return query
     with claimed as (
         update public.jobs as j
@@ -222,16 +222,16 @@ begin
     if wanted = 0 then
         return;
     end if;
-    -- Fewer than wanted, and more due jobs than the first pass looked at: the rest are behind
-    -- channels that are busy (a few channels with long backlogs). Walking them all would cost
-    -- the whole backlog on every poll, so find each open channel's first job instead, skipping
-    -- from channel to channel through jobs_channel_open_idx: a cost of open channels, not jobs.
+    -- Fewer than wanted: the due jobs the window did not reach, or those behind channels that
+    -- are busy (a few channels with long backlogs). Walking them all would cost the whole backlog
+    -- on every poll, so find each open channel's first job instead, skipping from channel to
+    -- channel through jobs_channel_open_idx: a cost of open channels, not jobs.
+    -- Nothing due at all (every pending job waits for a retry): there is nothing to find, and
+    -- one probe of jobs_claim_idx says so.
     perform
     from public.jobs as w
     where w.status = 'pending' and w.run_at <= now()
       and (source_types is null or w.source_type = any (source_types))
-    order by w.run_at, w.received_at, w.id
-    offset scan - 1
     limit 1;
     if not found then
         return;
