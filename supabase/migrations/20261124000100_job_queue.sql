@@ -110,8 +110,9 @@ set search_path = ''
 set enable_indexonlyscan = off
 as $$
 declare
+    -- The jobs this claim has found and locked so far.
+    taken uuid[];
     wanted integer;
-    taken integer;
     scan integer;
 begin
     if coalesce(worker, '') = '' then
@@ -138,50 +139,32 @@ begin
         for update skip locked
     );
 
+    -- The jobs to hand out are found and locked first, pass by pass, and leased together at the
+    -- end. Rows another claim has locked are skipped, not waited for.
+    --
     -- Leases that ran out with attempts to spare: claim them again before newer work. Such a job
     -- was its channel's head when first claimed, and nothing after it has been handed out since.
-    return query
-    with claimed as (
-        update public.jobs as j
-        set status = 'processing',
-            attempts = j.attempts + 1,
-            locked_by = worker,
-            locked_until = now() + make_interval(secs => lease_seconds)
-        where j.id in (
-            select e.id
-            from public.jobs as e
-            where e.status = 'processing' and e.locked_until < now() and e.attempts < e.max_attempts
-              and (source_types is null or e.source_type = any (source_types))
-            order by e.locked_until
-            limit max_jobs
-            for update skip locked
-        )
-        returning j.*
-    )
-    select * from claimed;
-    get diagnostics taken = row_count;
-    wanted := max_jobs - taken;
-    if wanted = 0 then
-        return;
-    end if;
+    taken := array(
+        select e.id
+        from public.jobs as e
+        where e.status = 'processing' and e.locked_until < now() and e.attempts < e.max_attempts
+          and (source_types is null or e.source_type = any (source_types))
+        order by e.locked_until
+        limit max_jobs
+        for update skip locked
+    );
 
     -- Pending jobs whose turn has come: due (run_at has passed) and the first open job of their
-    -- channel in arrival order. Rows another claim has locked are skipped, not waited for; and
-    -- because a claimed job stays open (processing), the next job of its channel fails the
-    -- NOT EXISTS for every other claim until it is complete or failed.
+    -- channel in arrival order. Because a claimed job stays open (processing), the next job of
+    -- its channel fails the NOT EXISTS for every other claim until it is complete or failed.
     --
     -- First pass: the first `scan` due jobs, first due first. When most due jobs are their
     -- channel's first (many senders, a few messages each), this finds them at once and reads
     -- nothing else; when nothing is due it reads nothing at all.
+    wanted := max_jobs - cardinality(taken);
     scan := greatest(100, 2 * wanted);
-    return query
-    with claimed as (
-        update public.jobs as j
-        set status = 'processing',
-            attempts = j.attempts + 1,
-            locked_by = worker,
-            locked_until = now() + make_interval(secs => lease_seconds)
-        where j.id in (
+    if wanted > 0 then
+        taken := taken || array(
             -- Only the window's heads are fetched again by key, to be locked; the rest are not.
             select p.id
             from public.jobs as p
@@ -213,69 +196,66 @@ begin
             order by p.run_at, p.received_at, p.id
             limit wanted
             for update skip locked
-        )
-        returning j.*
-    )
-    select * from claimed order by claimed.run_at, claimed.received_at, claimed.id;
-    get diagnostics taken = row_count;
-    wanted := wanted - taken;
-    if wanted = 0 then
-        return;
+        );
     end if;
+
     -- Fewer than wanted: the due jobs the window did not reach, or those behind channels that
     -- are busy (a few channels with long backlogs). Walking them all would cost the whole backlog
     -- on every poll, so find each open channel's first job instead, skipping from channel to
-    -- channel through jobs_channel_open_idx: a cost of open channels, not jobs.
-    -- Nothing due at all (every pending job waits for a retry): there is nothing to find, and
-    -- one probe of jobs_claim_idx says so.
-    perform
-    from public.jobs as w
-    where w.status = 'pending' and w.run_at <= now()
-      and (source_types is null or w.source_type = any (source_types))
-    limit 1;
-    if not found then
-        return;
+    -- channel through jobs_channel_open_idx: a cost of open channels, not jobs. Unless nothing is
+    -- due at all (every pending job waits for a retry), which one probe of jobs_claim_idx says.
+    wanted := max_jobs - cardinality(taken);
+    if wanted > 0 and exists (
+        select
+        from public.jobs as w
+        where w.status = 'pending' and w.run_at <= now()
+          and (source_types is null or w.source_type = any (source_types))
+    ) then
+        taken := taken || array(
+            with recursive channels (channel) as (
+                select min(o.source_channel_id) from public.jobs as o where o.status in ('pending', 'processing')
+                union all
+                select (
+                    select min(o.source_channel_id)
+                    from public.jobs as o
+                    where o.status in ('pending', 'processing') and o.source_channel_id > c.channel
+                )
+                from channels as c
+                where c.channel is not null
+            ),
+            heads as (
+                select h.id
+                from channels as c
+                cross join lateral (
+                    select o.id, o.status, o.run_at, o.source_type
+                    from public.jobs as o
+                    where o.source_channel_id = c.channel and o.status in ('pending', 'processing')
+                    order by o.received_at, o.id
+                    limit 1
+                ) as h
+                where h.status = 'pending' and h.run_at <= now()
+                  and (source_types is null or h.source_type = any (source_types))
+            )
+            select p.id
+            from public.jobs as p
+            -- The first pass's heads are still pending: they are this claim's already.
+            where p.id = any (array(select heads.id from heads)) and p.id <> all (taken)
+              and p.status = 'pending'
+            order by p.run_at, p.received_at, p.id
+            limit wanted
+            for update skip locked
+        );
     end if;
+
+    -- Every job found is locked by this transaction: lease them all, oldest first.
     return query
-    with recursive channels (channel) as (
-        select min(o.source_channel_id) from public.jobs as o where o.status in ('pending', 'processing')
-        union all
-        select (
-            select min(o.source_channel_id)
-            from public.jobs as o
-            where o.status in ('pending', 'processing') and o.source_channel_id > c.channel
-        )
-        from channels as c
-        where c.channel is not null
-    ),
-    heads as (
-        select h.id, h.run_at, h.received_at
-        from channels as c
-        cross join lateral (
-            select o.id, o.status, o.run_at, o.received_at, o.source_type
-            from public.jobs as o
-            where o.source_channel_id = c.channel and o.status in ('pending', 'processing')
-            order by o.received_at, o.id
-            limit 1
-        ) as h
-        where h.status = 'pending' and h.run_at <= now()
-          and (source_types is null or h.source_type = any (source_types))
-    ),
-    claimed as (
+    with claimed as (
         update public.jobs as j
         set status = 'processing',
             attempts = j.attempts + 1,
             locked_by = worker,
             locked_until = now() + make_interval(secs => lease_seconds)
-        where j.id in (
-            select p.id
-            from public.jobs as p
-            where p.id = any (array(select heads.id from heads))
-              and p.status = 'pending'
-            order by p.run_at, p.received_at, p.id
-            limit wanted
-            for update skip locked
-        )
+        where j.id = any (taken)
         returning j.*
     )
     select * from claimed order by claimed.run_at, claimed.received_at, claimed.id;
