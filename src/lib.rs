@@ -223,7 +223,10 @@ pub async fn drain_spool(config: &Config, deadline: Duration) -> Result<SpoolDra
                 if remaining == 0 || tokio::time::Instant::now() >= until {
                     return Ok(SpoolDrained { remaining, by_this_process: false, last_stall: None });
                 }
-                tokio::time::sleep(Duration::from_secs(1)).await;
+                // Reading the spool decodes every segment: not so often that it competes with the
+                // service replaying it, nor past the deadline.
+                let left = until.saturating_duration_since(tokio::time::Instant::now());
+                tokio::time::sleep(Duration::from_secs(5).min(left)).await;
             }
         }
         Err(e) => return Err(e.into()),

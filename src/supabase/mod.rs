@@ -352,11 +352,7 @@ impl Supabase {
     /// ingest function with an empty batch (which writes nothing). Says which table or function
     /// failed, so a release that runs ahead of its migration names the function it lacks.
     pub async fn probe(&self, timeout: Duration) -> Result<(), (String, Error)> {
-        for (table, key) in TABLES.into_iter().zip(["phone_number", "id", "id"]) {
-            // Not limit(0): postgrest-rs computes a range end of limit - 1.
-            let request = self.table(table).select(key).limit(1);
-            self.send(table, request, None, Expect::Json, timeout).await.map_err(|e| (format!("table {table}"), e))?;
-        }
+        self.probe_tables(timeout).await?;
         self.ingest_batch(&[], timeout).await.map_err(|e| ("function ingest_batch".to_owned(), e))?;
         self.ingest_jobs(&[], timeout).await.map_err(|e| ("function ingest_jobs".to_owned(), e))?;
         Ok(())
@@ -382,6 +378,16 @@ impl Supabase {
     /// Which of the project's functions anon or authenticated may execute.
     pub async fn function_report(&self, timeout: Duration) -> Result<Vec<FunctionReport>, Error> {
         self.fetch("ingest_function_report", self.rpc("ingest_function_report", "{}".into()), timeout).await
+    }
+
+    /// The tables half of [`Supabase::probe`]: reads one key from each table.
+    pub async fn probe_tables(&self, timeout: Duration) -> Result<(), (String, Error)> {
+        for (table, key) in TABLES.into_iter().zip(["phone_number", "id", "id"]) {
+            // Not limit(0): postgrest-rs computes a range end of limit - 1.
+            let request = self.table(table).select(key).limit(1);
+            self.send(table, request, None, Expect::Json, timeout).await.map_err(|e| (format!("table {table}"), e))?;
+        }
+        Ok(())
     }
 
     /// RLS and grants on the three tables.
