@@ -193,7 +193,7 @@ impl Config {
 
 /// At most 40 characters of a configured value, for an error that names it; never a secret.
 fn clip(value: &str) -> String {
-    value.chars().take(40).collect()
+    crate::clip(value, 40).to_owned()
 }
 
 fn token(var: &'static str, value: String) -> Result<SecretString, ConfigError> {

@@ -249,6 +249,12 @@ pub async fn drain_spool(config: &Config, deadline: Duration) -> Result<SpoolDra
     }
 }
 
+/// At most `max_chars` characters of `text`: what a client, an upstream or an operator sent, cut
+/// short for an error message or a log line. Each module says its own limit.
+pub(crate) fn clip(text: &str, max_chars: usize) -> &str {
+    text.char_indices().nth(max_chars).map_or(text, |(end, _)| &text[..end])
+}
+
 /// Completes on SIGINT (what Fly sends) or SIGTERM.
 pub async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();

@@ -16,7 +16,7 @@ pub struct ReceivedAt(i64);
 impl ReceivedAt {
     pub fn now() -> Self {
         static LAST: AtomicI64 = AtomicI64::new(0);
-        let wall = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as i64);
+        let wall = wall_clock_micros();
         let previous = LAST
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |last| Some(wall.max(last + 1)))
             .expect("the update always returns Some");
@@ -42,8 +42,7 @@ impl ReceivedAt {
 
     /// How long ago this was (zero if it is in the future).
     pub fn age(self) -> Duration {
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as i64);
-        Duration::from_micros(now.saturating_sub(self.0).max(0) as u64)
+        Duration::from_micros(wall_clock_micros().saturating_sub(self.0).max(0) as u64)
     }
 
     /// As PostgreSQL reads a `timestamptz`: RFC 3339, UTC, to the microsecond.
@@ -51,6 +50,11 @@ impl ReceivedAt {
         let time = UNIX_EPOCH + Duration::from_micros(self.0.max(0) as u64);
         humantime::format_rfc3339_micros(time).to_string()
     }
+}
+
+/// The wall clock, in microseconds since the Unix epoch.
+fn wall_clock_micros() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as i64)
 }
 
 /// A webhook's arrival, as the edge records it before anything else.

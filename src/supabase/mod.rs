@@ -503,7 +503,7 @@ impl Expect {
 
 /// At most 120 characters of something an upstream sent, for an error message.
 fn clip(text: &str) -> &str {
-    text.char_indices().nth(120).map_or(text, |(end, _)| &text[..end])
+    crate::clip(text, 120)
 }
 
 /// The positions an ingest function reported as already having a job; none when it said nothing.

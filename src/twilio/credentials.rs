@@ -136,7 +136,7 @@ fn claimed_account(path_and_query: &str, body: &[u8]) -> Option<String> {
 
 /// At most 64 characters of something a client sent, for a refusal that is logged.
 fn clip(text: &str) -> String {
-    text.chars().take(64).collect()
+    crate::clip(text, 64).to_owned()
 }
 
 #[cfg(test)]

@@ -144,10 +144,7 @@ fn sid<'a>(
 
 /// At most 64 characters of a value, for an error that is logged and stored.
 fn clip(value: &str) -> String {
-    match value.char_indices().nth(64) {
-        Some((end, _)) => format!("{}…", &value[..end]),
-        None => value.to_owned(),
-    }
+    crate::clip(value, 64).to_owned()
 }
 
 pub fn parse(params: &Params) -> Result<Webhook, Unusable> {
