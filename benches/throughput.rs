@@ -96,7 +96,9 @@ fn message(i: usize, run: &str) -> Params {
     // Twilio's shape: two letters and 32 hex digits, the run's label as two of them.
     let digits = format!("{:02x}{i:030}", run.as_bytes()[0]);
     if i % 5 == 4 {
-        let conversation = format!("CH{:032}", i % 50);
+        // (i / 5), not i: every fifth message is a group one, and `i % 50` of those would reach
+        // only the ten conversations whose number ends in 4 or 9.
+        let conversation = format!("CH{:032}", (i / 5) % 50);
         Params::from_pairs(devstack::conversation_params(
             &format!("IM{digits}"),
             &conversation,
