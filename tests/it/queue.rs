@@ -360,6 +360,29 @@ async fn terminal_states_never_change_whoever_writes() {
     assert!(worker.complete(&[id(&job)]).await.is_empty());
 }
 
+/// A job holds a lease exactly while it is processing, whoever writes: a worker that PATCHes a job
+/// complete ends its lease with it, and nothing can make a job processing without one.
+#[tokio::test]
+async fn a_lease_is_held_exactly_while_a_job_is_processing() {
+    let (stack, worker) = three_senders(1).await;
+    let job = worker.claim(1, 60).await.remove(0);
+    let client = reqwest::Client::new();
+    let key = KeyKind::Secret.service_key();
+    let patch = |filter: String, body: Value| {
+        client.patch(format!("{}/rest/v1/jobs?{filter}", stack.url())).header("apikey", &key).json(&body).send()
+    };
+    let done = patch(format!("id=eq.{}", id(&job)), json!({"status": "complete"})).await.unwrap();
+    assert_eq!(done.status(), 204);
+    let rows: Vec<(String, String)> =
+        read_rows(&stack, &format!("select status, coalesce(locked_by, '') from jobs where id = '{}'", id(&job)));
+    assert_eq!(rows, [("complete".into(), String::new())]);
+
+    let leaseless = patch("status=eq.pending".into(), json!({"status": "processing"})).await.unwrap();
+    assert_eq!(leaseless.status(), 400, "a job became processing without a lease");
+    assert!(leaseless.text().await.unwrap().contains("jobs_lease_held"));
+    assert_eq!(count(&stack, "select count(*) from jobs where status = 'processing'"), 0);
+}
+
 fn urlencode(text: &str) -> String {
     form_urlencoded::byte_serialize(text.as_bytes()).collect()
 }
@@ -518,6 +541,91 @@ fn a_poll_with_nothing_due_reads_no_jobs() {
     let (seq_scans, rows_read) = stats[1].as_deref().unwrap().split_once(' ').unwrap();
     assert_eq!(seq_scans, "0", "an empty poll scanned the table");
     assert!(rows_read.parse::<u64>().unwrap() < 100, "an empty poll read {rows_read} of 50,000 rows");
+}
+
+/// What one transaction of `sql` read of `jobs`, run (and committed) as service_role as PostgREST
+/// runs a worker's call.
+struct Reads {
+    /// Index entries read, in all of jobs' indexes.
+    entries: u64,
+    seq_scans: u64,
+    /// Entries read per index, for the failure message.
+    by_index: String,
+    /// The first column of the last row `sql` answered.
+    answer: String,
+}
+
+fn reads_of_jobs(stack: &Stack, sql: &str) -> Reads {
+    let rows = stack
+        .query_rows(&format!(
+            "begin;
+             set local role service_role;
+             {sql};
+             select (select sum(pg_stat_get_xact_tuples_returned(i.indexrelid)) from pg_index as i
+                     where i.indrelid = 'public.jobs'::regclass),
+                    (select seq_scan from pg_stat_xact_user_tables where relname = 'jobs'),
+                    (select string_agg(i.indexrelid::regclass || ' ' || pg_stat_get_xact_tuples_returned(i.indexrelid), ', ')
+                     from pg_index as i where i.indrelid = 'public.jobs'::regclass);
+             commit;"
+        ))
+        .expect("the transaction runs");
+    let [.., answer, stats] = rows.as_slice() else { panic!("no answer from {sql}") };
+    let number = |i: usize| stats[i].as_deref().unwrap().parse().unwrap();
+    Reads {
+        entries: number(0),
+        seq_scans: number(1),
+        by_index: stats[2].clone().unwrap(),
+        answer: answer[0].clone().unwrap_or_default(),
+    }
+}
+
+/// A queue's statistics lie: autovacuum looked when it was drained, and then a burst came. Told
+/// that no job is pending or processing, the planner once walked a whole partial index for every
+/// claim and every completion. Each must still read entries in proportion to the jobs it handles,
+/// not to the backlog.
+#[test]
+fn claims_and_completions_stay_cheap_when_the_statistics_describe_an_empty_queue() {
+    let stack = Stack::start(Grants::None).unwrap();
+    let sender = unique_phone();
+    let jobs = |status: &str, channels: &str, prefix: &str| {
+        format!(
+            "insert into jobs (user_id, user_phone, source_channel_id, source_type, payload, message_sid, status, received_at)
+             select '{sender}', '{sender}', {channels}, 'dm', '{{}}', '{prefix}' || i, '{status}',
+                    now() - interval '1 hour' + i * interval '1 millisecond'
+             from generate_series(1, 20000) as i"
+        )
+    };
+    stack
+        .execute(&format!(
+            "insert into users (phone_number) values ('{sender}'); {}",
+            jobs("complete", "'old'", "SMold")
+        ))
+        .unwrap();
+    // What autovacuum records of a drained queue: every job complete, the partial indexes empty.
+    stack.execute("vacuum analyze jobs").unwrap();
+    // The burst: 2,000 channels with ten messages each, not yet seen by autovacuum.
+    stack.execute(&jobs("pending", "'ch' || (i % 2000)", "SMnew")).unwrap();
+
+    let claim = reads_of_jobs(&stack, "select string_agg(id::text, ',') from claim_jobs('w', 50)");
+    let ids: Vec<&str> = claim.answer.split(',').collect();
+    assert_eq!(ids.len(), 50, "the claim fell short");
+    assert_eq!(claim.seq_scans, 0, "a claim scanned the table");
+    assert!(claim.entries < 1_000, "a claim of 50 jobs of 20,000 read {}", claim.by_index);
+
+    let batch = json!(ids.iter().map(|id| json!({"id": id})).collect::<Vec<_>>()).to_string();
+    let completion = reads_of_jobs(&stack, &format!("select count(*) from complete_jobs('w', '{batch}')"));
+    assert_eq!(completion.answer, "50");
+    assert_eq!(completion.seq_scans, 0, "a completion scanned the table");
+    assert!(completion.entries < 200, "completing 50 jobs read {}", completion.by_index);
+
+    let two = reads_of_jobs(&stack, "select string_agg(id::text, ',') from claim_jobs('w', 2)").answer;
+    let (first, second) = two.split_once(',').unwrap();
+    let failure = reads_of_jobs(&stack, &format!("select fail_job('{first}', 'w', 'boom')"));
+    assert_eq!(failure.answer, "pending");
+    assert!(failure.entries < 10, "failing one job read {}", failure.by_index);
+    let heartbeat = reads_of_jobs(&stack, &format!("select extend_job_lease('{second}', 'w', 60)"));
+    assert_eq!(heartbeat.answer, "t");
+    assert!(heartbeat.entries < 10, "a heartbeat read {}", heartbeat.by_index);
 }
 
 #[tokio::test]

@@ -195,3 +195,33 @@ fn the_cli_commands_that_need_no_docker_accept_the_project() {
     assert!(reset.contains("Seeding data from supabase/seed.sql"), "{reset}");
     assert_eq!(count(&stack, "select count(*) from jobs"), 2);
 }
+
+/// Rows from before the queue migrate into it: a job some earlier worker left `processing` had no
+/// lease, so it could never expire; after the push it holds one that has run out, and the next
+/// claim takes it back before newer work.
+#[test]
+fn jobs_left_processing_before_the_queue_are_claimed_again_after_the_push() {
+    let before = project_copy(Some("20261123000300")).unwrap();
+    let stack = Stack::start_from(Grants::None, &before).unwrap();
+    let sender = unique_phone();
+    stack
+        .execute(&format!(
+            "insert into users (phone_number) values ('{sender}');
+             insert into jobs (user_id, user_phone, source_channel_id, source_type, payload, message_sid, status)
+             values ('{sender}', '{sender}', 'a', 'dm', '{{}}', 'SMnew', 'pending'),
+                    ('{sender}', '{sender}', 'b', 'dm', '{{}}', 'SMstuck', 'processing'),
+                    ('{sender}', '{sender}', 'c', 'dm', '{{}}', 'SMdone', 'complete');"
+        ))
+        .unwrap();
+    stack.push_migrations(&repo_root(), false).unwrap();
+
+    let leases: Vec<(String, String, bool)> = read_rows(
+        &stack,
+        "select message_sid, status, (locked_until <= now())::text from jobs where locked_by is not null order by 1",
+    );
+    assert_eq!(leases, [("SMstuck".into(), "processing".into(), true)]);
+    let claimed: Vec<(String, i64)> =
+        read_rows(&stack, "select message_sid, attempts from claim_jobs('after-the-push', 1)");
+    assert_eq!(claimed, [("SMstuck".into(), 1)]);
+    let _ = std::fs::remove_dir_all(before);
+}
