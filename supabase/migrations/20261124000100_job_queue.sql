@@ -1,3 +1,8 @@
+-- Partly superseded: claim_jobs, complete_jobs, fail_job, extend_job_lease, jobs_guard_transition,
+-- jobs_lease_idx and jobs_channel_open_idx are replaced in 20261124000200_queue_plans.sql, whose
+-- plans do not depend on statistics; supabase/README.md keeps the map. What follows is kept as it
+-- was applied: an applied migration's statements are never changed.
+--
 -- The jobs as a work queue: workers claim, complete and fail jobs through PostgREST RPC, with
 -- leases, attempts, retries with backoff, and each channel's jobs one at a time in arrival order.
 --

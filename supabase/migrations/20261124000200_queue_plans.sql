@@ -208,13 +208,16 @@ begin
         taken := taken || public.jobs_lock_pending(candidates, wanted);
     end if;
 
-    -- Fewer than wanted, and the window was full: due jobs lie beyond it, behind channels that
-    -- are busy (a few channels with long backlogs). (A window that was not full held every due
-    -- job, so there is nothing more to find.) Walking them all would cost the whole backlog on
-    -- every poll, so find each open channel's first job instead, skipping from channel to
-    -- channel through jobs_channel_open_idx: a cost of open channels, not jobs.
+    -- Nothing in the window could go, and the window was full: due jobs lie beyond it, behind
+    -- channels that are busy (a few channels with long backlogs at the front of the queue). (A
+    -- window that was not full held every due job, so there is nothing more to find.) Walking
+    -- them all would cost the whole backlog on every poll, so find each open channel's first job
+    -- instead, skipping from channel to channel through jobs_channel_open_idx: a cost of open
+    -- channels, not jobs. A claim that found some jobs in its window returns those without this
+    -- walk: they are the oldest that can go, and the walk costs more than the rest of the claim.
+    -- So an empty answer means nothing can go; a short one, only that the worker should come back.
     wanted := max_jobs - cardinality(taken);
-    if wanted > 0 and seen = scan then
+    if cardinality(taken) = 0 and seen = scan then
         candidates := array(
             with recursive channels (channel) as (
                 (
@@ -247,8 +250,6 @@ begin
             ) as h
             where h.status = 'pending' and h.run_at <= now()
               and (source_types is null or h.source_type = any (source_types))
-              -- The first pass's heads are this claim's already.
-              and h.id <> all (taken)
             order by h.run_at, h.received_at, h.id
         );
         taken := taken || public.jobs_lock_pending(candidates, wanted);
