@@ -19,7 +19,10 @@
 --   a join the planner may turn into a scan.
 
 -- A job holds a lease exactly while it is processing. Jobs left 'processing' by something before
--- the queue have no lease and so could never expire; they get one that has already run out.
+-- the queue have no lease and so could never expire; they get one that has already run out. Jobs
+-- a worker PATCHed out of 'processing' kept theirs; it ends. The guard would refuse to touch the
+-- complete and failed ones among them, and this changes no job's state, so it is set aside.
+alter table public.jobs disable trigger jobs_guard_transition;
 update public.jobs
 set locked_by = coalesce(locked_by, 'unknown (processing before the queue)'),
     locked_until = coalesce(locked_until, now())
@@ -27,6 +30,7 @@ where status = 'processing' and (locked_by is null or locked_until is null);
 update public.jobs
 set locked_by = null, locked_until = null
 where status <> 'processing' and (locked_by is not null or locked_until is not null);
+alter table public.jobs enable trigger jobs_guard_transition;
 
 -- Leaving 'processing' by any path (a PATCH from a worker that bypasses complete_jobs) ends the
 -- lease, so the constraint below never refuses a legitimate transition.

@@ -196,12 +196,13 @@ fn the_cli_commands_that_need_no_docker_accept_the_project() {
     assert_eq!(count(&stack, "select count(*) from jobs"), 2);
 }
 
-/// Rows from before the queue migrate into it: a job some earlier worker left `processing` had no
-/// lease, so it could never expire; after the push it holds one that has run out, and the next
-/// claim takes it back before newer work.
+/// Rows migrate into the queue's lease rule. A job some earlier worker left `processing` had no
+/// lease, so it could never expire: after the push it holds one that has run out, and the next
+/// claim takes it back before newer work. A job a worker PATCHed complete kept its lease: it ends,
+/// though the job is final.
 #[test]
-fn jobs_left_processing_before_the_queue_are_claimed_again_after_the_push() {
-    let before = project_copy(Some("20261123000300")).unwrap();
+fn jobs_migrate_to_holding_a_lease_exactly_while_processing() {
+    let before = project_copy(Some("20261124000100")).unwrap();
     let stack = Stack::start_from(Grants::None, &before).unwrap();
     let sender = unique_phone();
     stack
@@ -210,16 +211,26 @@ fn jobs_left_processing_before_the_queue_are_claimed_again_after_the_push() {
              insert into jobs (user_id, user_phone, source_channel_id, source_type, payload, message_sid, status)
              values ('{sender}', '{sender}', 'a', 'dm', '{{}}', 'SMnew', 'pending'),
                     ('{sender}', '{sender}', 'b', 'dm', '{{}}', 'SMstuck', 'processing'),
-                    ('{sender}', '{sender}', 'c', 'dm', '{{}}', 'SMdone', 'complete');"
+                    ('{sender}', '{sender}', 'c', 'dm', '{{}}', 'SMpatched', 'pending');
+             update jobs set status = 'processing', locked_by = 'old', locked_until = now() + interval '1 hour'
+             where message_sid = 'SMpatched';
+             update jobs set status = 'complete' where message_sid = 'SMpatched';"
         ))
         .unwrap();
     stack.push_migrations(&repo_root(), false).unwrap();
 
-    let leases: Vec<(String, String, bool)> = read_rows(
+    let leases: Vec<(String, String, String)> = read_rows(
         &stack,
-        "select message_sid, status, (locked_until <= now())::text from jobs where locked_by is not null order by 1",
+        "select message_sid, status, coalesce((locked_until <= now())::text, 'no lease') from jobs order by 1",
     );
-    assert_eq!(leases, [("SMstuck".into(), "processing".into(), true)]);
+    assert_eq!(
+        leases,
+        [
+            ("SMnew".into(), "pending".into(), "no lease".into()),
+            ("SMpatched".into(), "complete".into(), "no lease".into()),
+            ("SMstuck".into(), "processing".into(), "true".into()),
+        ]
+    );
     let claimed: Vec<(String, i64)> =
         read_rows(&stack, "select message_sid, attempts from claim_jobs('after-the-push', 1)");
     assert_eq!(claimed, [("SMstuck".into(), 1)]);
