@@ -10,3 +10,4 @@ mod queue;
 mod toolchain;
 mod twilio;
 mod webhooks;
+mod workers;
