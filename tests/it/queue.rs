@@ -657,6 +657,41 @@ fn claims_and_completions_stay_cheap_when_the_statistics_describe_an_empty_queue
     assert!(heartbeat.entries < 10, "a heartbeat read {}", heartbeat.by_index);
 }
 
+/// The same lying statistics, and a claim that must look past a busy channel whose next job is
+/// processing: it walks the open channels, one lookup each, not the backlog behind them.
+#[test]
+fn a_claim_past_a_busy_channel_reads_the_open_channels_not_the_backlog() {
+    let stack = Stack::start(Grants::None).unwrap();
+    let sender = unique_phone();
+    stack
+        .execute(&format!(
+            "insert into users (phone_number) values ('{sender}');
+             insert into jobs (user_id, user_phone, source_channel_id, source_type, payload, message_sid, status)
+             select '{sender}', '{sender}', 'old', 'dm', '{{}}', 'SMold' || i, 'complete'
+             from generate_series(1, 20000) as i;"
+        ))
+        .unwrap();
+    stack.execute("vacuum analyze jobs").unwrap();
+    // 10,000 messages of one busy channel at the front, then 500 channels with one message each.
+    stack
+        .execute(&format!(
+            "insert into jobs (user_id, user_phone, source_channel_id, source_type, payload, message_sid, received_at, run_at)
+             select '{sender}', '{sender}', case when i <= 10000 then 'busy' else 'ch' || i end, 'dm', '{{}}',
+                    'SMnew' || i, t, t
+             from generate_series(1, 10500) as i,
+                  lateral (select now() - interval '1 hour' + i * interval '1 millisecond' as t) as at"
+        ))
+        .unwrap();
+    let head = reads_of_jobs(&stack, "select source_channel_id from claim_jobs('a', 1)");
+    assert_eq!(head.answer, "busy");
+
+    let behind = reads_of_jobs(&stack, "select count(*) from claim_jobs('b', 50)");
+    assert_eq!(behind.answer, "50", "the claim did not reach the channels behind the busy one");
+    assert_eq!(behind.seq_scans, 0, "a claim scanned the table");
+    // Per open channel: a step to the next channel and a look at its first job.
+    assert!(behind.entries < 5 * 501, "a claim past 10,000 blocked jobs read {}", behind.by_index);
+}
+
 #[tokio::test]
 async fn operators_see_the_queue_and_requeue_failed_jobs_from_the_command_line() {
     let (stack, worker) = three_senders(1).await;
