@@ -608,32 +608,39 @@ fn reads_of_jobs(stack: &Stack, sql: &str) -> Reads {
     }
 }
 
+/// A stack whose statistics describe a drained queue, as autovacuum leaves them: 20,000 jobs of one
+/// user, all complete, analyzed, the partial indexes empty. Returns the stack and the user.
+fn stack_with_a_drained_queue() -> (Stack, String) {
+    let stack = Stack::start(Grants::None).unwrap();
+    let sender = unique_phone();
+    stack
+        .execute(&format!(
+            "insert into users (phone_number) values ('{sender}');
+             insert into jobs (user_id, user_phone, source_channel_id, source_type, payload, message_sid, status)
+             select '{sender}', '{sender}', 'old', 'dm', '{{}}', 'SMold' || i, 'complete'
+             from generate_series(1, 20000) as i;"
+        ))
+        .unwrap();
+    stack.execute("vacuum analyze jobs").unwrap();
+    (stack, sender)
+}
+
 /// A queue's statistics lie: autovacuum looked when it was drained, and then a burst came. Told
 /// that no job is pending or processing, the planner once walked a whole partial index for every
 /// claim and every completion. Each must still read entries in proportion to the jobs it handles,
 /// not to the backlog.
 #[test]
 fn claims_and_completions_stay_cheap_when_the_statistics_describe_an_empty_queue() {
-    let stack = Stack::start(Grants::None).unwrap();
-    let sender = unique_phone();
-    let jobs = |status: &str, channels: &str, prefix: &str| {
-        format!(
-            "insert into jobs (user_id, user_phone, source_channel_id, source_type, payload, message_sid, status, received_at)
-             select '{sender}', '{sender}', {channels}, 'dm', '{{}}', '{prefix}' || i, '{status}',
-                    now() - interval '1 hour' + i * interval '1 millisecond'
-             from generate_series(1, 20000) as i"
-        )
-    };
+    let (stack, sender) = stack_with_a_drained_queue();
+    // The burst: 2,000 channels with ten messages each, not yet seen by autovacuum.
     stack
         .execute(&format!(
-            "insert into users (phone_number) values ('{sender}'); {}",
-            jobs("complete", "'old'", "SMold")
+            "insert into jobs (user_id, user_phone, source_channel_id, source_type, payload, message_sid, received_at)
+             select '{sender}', '{sender}', 'ch' || (i % 2000), 'dm', '{{}}', 'SMnew' || i,
+                    now() - interval '1 hour' + i * interval '1 millisecond'
+             from generate_series(1, 20000) as i"
         ))
         .unwrap();
-    // What autovacuum records of a drained queue: every job complete, the partial indexes empty.
-    stack.execute("vacuum analyze jobs").unwrap();
-    // The burst: 2,000 channels with ten messages each, not yet seen by autovacuum.
-    stack.execute(&jobs("pending", "'ch' || (i % 2000)", "SMnew")).unwrap();
 
     let claim = reads_of_jobs(&stack, "select string_agg(id::text, ',') from claim_jobs('w', 50)");
     let ids: Vec<&str> = claim.answer.split(',').collect();
@@ -661,17 +668,7 @@ fn claims_and_completions_stay_cheap_when_the_statistics_describe_an_empty_queue
 /// processing: it walks the open channels, one lookup each, not the backlog behind them.
 #[test]
 fn a_claim_past_a_busy_channel_reads_the_open_channels_not_the_backlog() {
-    let stack = Stack::start(Grants::None).unwrap();
-    let sender = unique_phone();
-    stack
-        .execute(&format!(
-            "insert into users (phone_number) values ('{sender}');
-             insert into jobs (user_id, user_phone, source_channel_id, source_type, payload, message_sid, status)
-             select '{sender}', '{sender}', 'old', 'dm', '{{}}', 'SMold' || i, 'complete'
-             from generate_series(1, 20000) as i;"
-        ))
-        .unwrap();
-    stack.execute("vacuum analyze jobs").unwrap();
+    let (stack, sender) = stack_with_a_drained_queue();
     // 10,000 messages of one busy channel at the front, then 500 channels with one message each.
     stack
         .execute(&format!(
