@@ -182,7 +182,6 @@ begin
     -- the window can be its head, so there is one probe per channel, not one per job.
     wanted := max_jobs - cardinality(taken);
     scan := greatest(100, 2 * wanted);
-    seen := 0;
     if wanted > 0 then
         select count(*)::integer,
                array_agg(w.id order by w.run_at, w.received_at, w.id) filter (
@@ -212,15 +211,15 @@ begin
         taken := taken || public.jobs_lock_pending(candidates, wanted);
     end if;
 
-    -- Nothing in the window could go, and the window was full: due jobs lie beyond it, behind
-    -- channels that are busy (a few channels with long backlogs at the front of the queue). (A
-    -- window that was not full held every due job, so there is nothing more to find.) Walking
-    -- them all would cost the whole backlog on every poll, so find each open channel's first job
-    -- instead, skipping from channel to channel through jobs_channel_open_idx: a cost of open
-    -- channels, not jobs. A claim that found some jobs in its window returns those without this
-    -- walk: they are the oldest that can go, and the walk costs more than the rest of the claim.
-    -- So an empty answer means nothing can go; a short one, only that the worker should come back.
-    wanted := max_jobs - cardinality(taken);
+    -- Nothing could go, and the window was full: due jobs lie beyond it, behind channels that
+    -- are busy (a few channels with long backlogs at the front of the queue). (A window that was
+    -- not full held every due job, so there is nothing more to find.) Walking them all would cost
+    -- the whole backlog on every poll, so find each open channel's first job instead, skipping
+    -- from channel to channel through jobs_channel_open_idx: a cost of open channels, not jobs.
+    -- A claim that found some jobs (in its window, or leases that ran out) returns those without
+    -- this walk: they are the oldest that can go, and the walk costs more than the rest of the
+    -- claim. So an empty answer means nothing can go; a short one, only that the worker should
+    -- come back.
     if cardinality(taken) = 0 and seen = scan then
         candidates := array(
             with recursive channels (channel) as (
@@ -256,7 +255,7 @@ begin
               and (source_types is null or h.source_type = any (source_types))
             order by h.run_at, h.received_at, h.id
         );
-        taken := taken || public.jobs_lock_pending(candidates, wanted);
+        taken := public.jobs_lock_pending(candidates, max_jobs);
     end if;
 
     -- Every job found is locked by this transaction: lease them all, oldest first.
