@@ -236,3 +236,27 @@ fn jobs_migrate_to_holding_a_lease_exactly_while_processing() {
     assert_eq!(claimed, [("SMstuck".into(), 1)]);
     let _ = std::fs::remove_dir_all(before);
 }
+
+/// The tests start many stacks at once, each on ports that were free when it picked them. A stack
+/// whose server finds its port already held must fail to start (and be started again elsewhere),
+/// never come up talking to the other stack's servers: when that one stopped, every test on this
+/// one would lose its database.
+#[test]
+fn a_stack_whose_port_is_held_by_another_stack_refuses_to_use_it() {
+    let first = shared_stack(Grants::None);
+    let taken_database = Stack::start_on(Grants::None, devstack::free_port(), first.pg_port)
+        .err()
+        .expect("a stack came up on another stack's PostgreSQL");
+    assert!(format!("{taken_database:#}").contains("PostgreSQL"), "{taken_database:#}");
+    let taken_gateway = Stack::start_on(Grants::None, first.gateway_port, devstack::free_port())
+        .err()
+        .expect("a stack came up behind another stack's gateway");
+    assert!(
+        format!("{taken_gateway:#}")
+            .contains(&format!("another server listens on the gateway's port {}", first.gateway_port)),
+        "{taken_gateway:#}"
+    );
+    // And the stack that held them is untouched.
+    assert_eq!(count(first, "select count(*) from supabase_migrations.schema_migrations"), migration_files());
+    first.wait_ready(Duration::from_secs(5)).unwrap();
+}

@@ -11,6 +11,7 @@ mod process;
 mod service;
 mod tls;
 
+use std::collections::BTreeSet;
 use std::fs;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -95,8 +96,21 @@ struct Bins {
     supabase: PathBuf,
 }
 
+/// A loopback port nothing listens on, and that this process has not handed out before.
+///
+/// The kernel can give the same free port to two callers in a row once the first has closed its
+/// probe, and the tests start many stacks at once: two stacks could each pick it, and the one whose
+/// server then failed to bind would work against the other's, until the other stopped. A port once
+/// handed out is never handed out again by this process.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free loopback port").port()
+    static HANDED_OUT: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+    for _ in 0..1_000 {
+        let port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free loopback port").port();
+        if HANDED_OUT.lock().unwrap().insert(port) {
+            return port;
+        }
+    }
+    panic!("no loopback port left that this process has not handed out")
 }
 
 /// The repository root (where `supabase/migrations` lives).
@@ -137,7 +151,10 @@ impl Stack {
     fn start_on_from(grants: Grants, gateway_port: u16, pg_port: u16, workdir: &Path) -> Result<Stack> {
         let bins = Bins::find()?;
         let dir = std::env::temp_dir().join(format!("devstack-{}-{}", std::process::id(), free_port()));
-        fs::create_dir_all(&dir)?;
+        // Made here or not at all: a stack removes its directory when dropped, and one that took
+        // over another's (the CI run where that happened lost its shared stack's PostgreSQL, which
+        // shuts down once its lock file is gone) would take the other's database with it.
+        fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let stack = Stack {
             dir,
             grants,
@@ -154,6 +171,9 @@ impl Stack {
         stack.start_postgrest()?;
         stack.start_gateway()?;
         stack.wait_ready(Duration::from_secs(30))?;
+        // A PostgREST that lost its port to another stack's exits at once; the gateway would
+        // otherwise have answered through the other one.
+        stack.check_running(Part::Postgrest, "PostgREST")?;
         Ok(stack)
     }
 
@@ -211,7 +231,41 @@ impl Stack {
             "shared_buffers=64MB",
         ]);
         let child = process::spawn_as_postgres(cmd, &self.dir.join("postgres.log"))?;
-        self.keep(Part::Postgres, child, self.pg_port, "PostgreSQL")
+        self.keep(Part::Postgres, child, self.pg_port, "PostgreSQL")?;
+        self.check_postgres_is_ours()
+    }
+
+    /// A server on our port is not necessarily ours: another one may have held it, and ours then
+    /// failed to bind. Ours is the one whose data directory is this stack's.
+    fn check_postgres_is_ours(&self) -> Result<()> {
+        let ours = self.dir.join("pg");
+        let url = self.admin_url();
+        let until = Instant::now() + Duration::from_secs(30);
+        loop {
+            self.check_running(Part::Postgres, "PostgreSQL")?;
+            let asked = {
+                let url = url.clone();
+                run_async(async move {
+                    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await?;
+                    tokio::spawn(connection);
+                    let row = client.query_one("select current_setting('data_directory')", &[]).await?;
+                    Ok(row.get::<_, String>(0))
+                })
+            };
+            match asked {
+                Ok(theirs) if same_path(Path::new(&theirs), &ours) => return Ok(()),
+                Ok(theirs) => bail!(
+                    "another PostgreSQL (data directory {theirs}) listens on port {}; ours could not bind it",
+                    self.pg_port
+                ),
+                // Still starting up, or a stranger that is not even PostgreSQL: ask until ours
+                // answers or exits.
+                Err(e) if Instant::now() > until => {
+                    bail!("PostgreSQL on port {} did not answer as this stack's: {e:#}", self.pg_port)
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(50)),
+            }
+        }
     }
 
     /// Stops PostgreSQL the way an operator restart does (fast shutdown), and waits for it to exit.
@@ -219,10 +273,22 @@ impl Stack {
         self.stop_part(Part::Postgres, libc::SIGINT);
     }
 
-    /// Records a started process in its slot and waits until it listens on `port`.
+    /// Records a started process in its slot and waits until it listens on `port`, or exits.
     fn keep(&self, part: Part, child: Child, port: u16, what: &str) -> Result<()> {
         self.children.lock().unwrap()[part as usize] = Some(child);
-        self.wait_for_port(port, what)
+        self.wait_for_port(part, port, what)
+    }
+
+    /// Fails, with the logs, if the process in `part`'s slot has exited (or was never started).
+    fn check_running(&self, part: Part, what: &str) -> Result<()> {
+        let exited = match &mut self.children.lock().unwrap()[part as usize] {
+            Some(child) => child.try_wait()?.map(|status| status.to_string()),
+            None => Some("not started".to_owned()),
+        };
+        match exited {
+            Some(status) => bail!("{what} exited ({status}){}", self.log_tails()),
+            None => Ok(()),
+        }
     }
 
     fn stop_part(&self, part: Part, signal: i32) {
@@ -261,7 +327,15 @@ impl Stack {
         let mut cmd = Command::new(&self.bins.nginx);
         cmd.arg("-c").arg(&conf).arg("-p").arg(&self.dir).arg("-e").arg(self.dir.join("nginx-error.log"));
         let child = process::spawn(cmd, &self.dir.join("nginx.log"))?;
-        self.keep(Part::Gateway, child, self.gateway_port, "the nginx gateway")
+        self.keep(Part::Gateway, child, self.gateway_port, "the nginx gateway")?;
+        // nginx retries a port in use for seconds before it gives up, so a gateway that answers
+        // may still be another stack's: ours tells its directory.
+        match process::http_get(self.gateway_port, "/__devstack/dir", &[]) {
+            Some((200, dir)) if dir == self.dir.display().to_string() => Ok(()),
+            answer => {
+                bail!("another server listens on the gateway's port {} (it answered {answer:?})", self.gateway_port)
+            }
+        }
     }
 
     fn gateway_config(&self) -> String {
@@ -281,22 +355,28 @@ impl Stack {
             .fold(GATEWAY_TEMPLATE.to_owned(), |conf, (name, value)| conf.replace(&format!("{{{{{name}}}}}"), value))
     }
 
-    fn wait_for_port(&self, port: u16, what: &str) -> Result<()> {
+    fn wait_for_port(&self, part: Part, port: u16, what: &str) -> Result<()> {
         let until = Instant::now() + Duration::from_secs(30);
         while Instant::now() < until {
+            self.check_running(part, what)?;
             if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
                 return Ok(());
             }
             std::thread::sleep(Duration::from_millis(25));
         }
+        bail!("{what} did not start on port {port}{}", self.log_tails())
+    }
+
+    /// The end of each log of the stack's servers, to explain a failure.
+    fn log_tails(&self) -> String {
         let mut logs = String::new();
         for log in ["postgres.log", "postgrest.log", "nginx.log", "nginx-error.log"] {
             if let Ok(text) = fs::read_to_string(self.dir.join(log)) {
-                let tail = &text[text.len().saturating_sub(1500)..];
+                let tail = &text[text.floor_char_boundary(text.len().saturating_sub(1500))..];
                 logs.push_str(&format!("\n--- {log}:\n{tail}"));
             }
         }
-        bail!("{what} did not start on port {port}{logs}")
+        logs
     }
 
     /// Waits until the tables answer through the gateway with the service key.
@@ -458,6 +538,11 @@ pub fn project_copy(up_to: Option<&str>) -> Result<PathBuf> {
     Ok(dir)
 }
 
+/// Whether two paths name the same directory (the server may report it without resolving links).
+fn same_path(a: &Path, b: &Path) -> bool {
+    a == b || matches!((a.canonicalize(), b.canonicalize()), (Ok(a), Ok(b)) if a == b)
+}
+
 async fn connect(url: &str) -> Result<tokio_postgres::Client> {
     let until = Instant::now() + Duration::from_secs(30);
     loop {
@@ -490,3 +575,19 @@ const GATEWAY_TEMPLATE: &str = include_str!("../nginx.conf.template");
 
 /// The default privileges older hosted projects have.
 const DEFAULT_GRANTS: &str = include_str!("../sql/default-grants.sql");
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn free_ports_are_never_handed_out_twice() {
+        // The kernel draws bind(0)'s port from some 14,000 (the odd half of the ephemeral range):
+        // 3,000 draws repeat one almost surely, unless repeats are refused.
+        let mut seen = BTreeSet::new();
+        for _ in 0..3_000 {
+            let port = free_port();
+            assert!(seen.insert(port), "port {port} was handed out twice");
+        }
+    }
+}

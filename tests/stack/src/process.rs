@@ -126,8 +126,13 @@ pub fn stop(mut child: Child, signal: i32) {
     let _ = child.wait();
 }
 
-/// A minimal HTTP/1.1 GET, enough to poll readiness without an HTTP client dependency.
+/// A minimal HTTP/1.1 GET's status, enough to poll readiness without an HTTP client dependency.
 pub fn http_get_status(port: u16, path: &str, headers: &[(&str, &str)]) -> Option<u16> {
+    http_get(port, path, headers).map(|(status, _)| status)
+}
+
+/// A minimal HTTP/1.1 GET: the status and the body (of a response that is not chunked).
+pub fn http_get(port: u16, path: &str, headers: &[(&str, &str)]) -> Option<(u16, String)> {
     let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
     let mut request = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n");
@@ -138,7 +143,9 @@ pub fn http_get_status(port: u16, path: &str, headers: &[(&str, &str)]) -> Optio
     stream.write_all(request.as_bytes()).ok()?;
     let mut response = String::new();
     let _ = stream.read_to_string(&mut response);
-    response.split_whitespace().nth(1)?.parse().ok()
+    let status = response.split_whitespace().nth(1)?.parse().ok()?;
+    let body = response.split_once("\r\n\r\n").map_or("", |(_, body)| body);
+    Some((status, body.to_owned()))
 }
 
 /// Sends `signal` to process `pid`, as `kill(1)` would: the tests' one way to signal a process.
