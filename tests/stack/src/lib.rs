@@ -150,6 +150,7 @@ impl Stack {
 
     fn start_on_from(grants: Grants, gateway_port: u16, pg_port: u16, workdir: &Path) -> Result<Stack> {
         let bins = Bins::find()?;
+        sweep_stale_dirs();
         let dir = std::env::temp_dir().join(format!("devstack-{}-{}", std::process::id(), free_port()));
         // Made here or not at all: a stack removes its directory when dropped, and one that took
         // over another's (the CI run where that happened lost its shared stack's PostgreSQL, which
@@ -536,6 +537,27 @@ pub fn project_copy(up_to: Option<&str>) -> Result<PathBuf> {
         }
     }
     Ok(dir)
+}
+
+/// Removes the directories of stacks whose process is gone. A stack shared by the tests of one
+/// binary lives in a static and is never dropped, so each test run would otherwise leave its 40 MB
+/// behind. Once per process; a directory whose process id is taken again is merely kept longer.
+fn sweep_stale_dirs() {
+    static SWEPT: std::sync::Once = std::sync::Once::new();
+    SWEPT.call_once(|| {
+        let Ok(entries) = fs::read_dir(std::env::temp_dir()) else { return };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let pid = name
+                .strip_prefix("devstack-project-")
+                .or_else(|| name.strip_prefix("devstack-"))
+                .and_then(|rest| rest.split_once('-'))
+                .and_then(|(pid, _)| pid.parse::<u32>().ok());
+            if pid.is_some_and(|pid| !Path::new("/proc").join(pid.to_string()).exists()) {
+                let _ = fs::remove_dir_all(entry.path());
+            }
+        }
+    });
 }
 
 /// Whether two paths name the same directory (the server may report it without resolving links).
