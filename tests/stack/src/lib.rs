@@ -87,6 +87,8 @@ pub struct Stack {
     pub gateway_port: u16,
     bins: Bins,
     children: Mutex<[Option<Child>; 3]>,
+    /// `devstack.lock` in `dir`, locked while the stack lives; see [`sweep_stale_dirs`].
+    _lock: fs::File,
 }
 
 struct Bins {
@@ -156,6 +158,8 @@ impl Stack {
         // over another's (the CI run where that happened lost its shared stack's PostgreSQL, which
         // shuts down once its lock file is gone) would take the other's database with it.
         fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let lock = fs::File::create(dir.join(LOCK_FILE))?;
+        lock.lock()?;
         let stack = Stack {
             dir,
             grants,
@@ -164,6 +168,7 @@ impl Stack {
             gateway_port,
             bins,
             children: Mutex::new([None, None, None]),
+            _lock: lock,
         };
         stack.init_postgres()?;
         stack.start_postgres()?;
@@ -539,22 +544,40 @@ pub fn project_copy(up_to: Option<&str>) -> Result<PathBuf> {
     Ok(dir)
 }
 
+const LOCK_FILE: &str = "devstack.lock";
+
 /// Removes the directories of stacks whose process is gone. A stack shared by the tests of one
 /// binary lives in a static and is never dropped, so each test run would otherwise leave its 40 MB
-/// behind. Once per process; a directory whose process id is taken again is merely kept longer.
+/// behind. A stack holds a lock on a file in its directory for as long as it lives, and the kernel
+/// lets it go when the process ends, however it ends: a directory whose lock can be taken is
+/// stale. Directories touched in the last minute are left alone, since a stack starting right now
+/// may not have locked its file yet. Once per process.
 fn sweep_stale_dirs() {
     static SWEPT: std::sync::Once = std::sync::Once::new();
     SWEPT.call_once(|| {
         let Ok(entries) = fs::read_dir(std::env::temp_dir()) else { return };
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
-            let pid = name
-                .strip_prefix("devstack-project-")
-                .or_else(|| name.strip_prefix("devstack-"))
-                .and_then(|rest| rest.split_once('-'))
-                .and_then(|(pid, _)| pid.parse::<u32>().ok());
-            if pid.is_some_and(|pid| !Path::new("/proc").join(pid.to_string()).exists()) {
-                let _ = fs::remove_dir_all(entry.path());
+            let recent = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|at| at.elapsed().is_ok_and(|age| age < Duration::from_secs(60)));
+            if !name.starts_with("devstack-") || recent {
+                continue;
+            }
+            let path = entry.path();
+            let stale = match fs::File::open(path.join(LOCK_FILE)) {
+                Ok(lock) => lock.try_lock().is_ok(),
+                // A project copy, or a stack from before the lock: by its process id.
+                Err(_) => name
+                    .trim_start_matches("devstack-project-")
+                    .trim_start_matches("devstack-")
+                    .split_once('-')
+                    .and_then(|(pid, _)| pid.parse::<u32>().ok())
+                    .is_some_and(|pid| !Path::new("/proc").join(pid.to_string()).exists()),
+            };
+            if stale {
+                let _ = fs::remove_dir_all(&path);
             }
         }
     });
