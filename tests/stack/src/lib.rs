@@ -155,8 +155,8 @@ impl Stack {
         sweep_stale_dirs();
         let dir = std::env::temp_dir().join(format!("devstack-{}-{}", std::process::id(), free_port()));
         // Made here or not at all: a stack removes its directory when dropped, and one that took
-        // over another's (the CI run where that happened lost its shared stack's PostgreSQL, which
-        // shuts down once its lock file is gone) would take the other's database with it.
+        // over another's would take the other's database with it (PostgreSQL shuts down within a
+        // minute of losing its lock file; the likely cause of a CI run that lost a shared stack).
         fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let lock = fs::File::create(dir.join(LOCK_FILE))?;
         lock.lock()?;
