@@ -51,6 +51,9 @@ impl Error {
             // Cloudflare's and proxies' error pages are HTML: the status still tells an outage
             // (5xx) from a refusal, and the rest is not PostgREST speaking.
             _ if status >= 500 => Error::Api { status, code: None, message: snippet(body), retry_after: None },
+            // A body past the gateway's limit: whoever wrote the page, the request is at fault, and
+            // it would be refused unchanged for ever. Not transient, so a batch is split.
+            _ if status == 413 => Error::Api { status, code: None, message: snippet(body), retry_after: None },
             _ => Error::Unexpected(format!("{status} with {}", snippet(body))),
         }
     }
@@ -184,6 +187,13 @@ mod tests {
         assert!(matches!(api(404, "<!doctype html><title>Not found</title>"), Error::Unexpected(_)));
         assert!(api(404, "<!doctype html>").is_transient());
         assert!(api(400, "{}").is_transient(), "an empty JSON object is not PostgREST's error");
+    }
+
+    #[test]
+    fn a_body_too_large_is_the_requests_fault_whoever_says_so() {
+        let too_large = api(413, "<html><center><h1>413 Request Entity Too Large</h1></center></html>");
+        assert!(matches!(too_large, Error::Api { status: 413, .. }));
+        assert!(!too_large.is_transient());
     }
 
     #[test]

@@ -102,6 +102,23 @@ async fn poison_in_the_spool_does_not_strand_the_messages_behind_it() {
     );
 }
 
+/// A gateway refuses a body past its limit (nginx's here is 10 MiB) with a 413, an HTML page. A
+/// spool holds more than that after an outage: replay sends at most one segment's records at a
+/// time, segments are cut at 4 MiB, and a batch refused as too large is split, not retried
+/// unchanged for ever. 11 MB of spooled messages reach the database.
+#[tokio::test]
+async fn a_spool_bigger_than_the_gateway_takes_in_one_request_is_replayed() {
+    let stack = shared_stack(Grants::None);
+    let spool = temp_dir("big-spool");
+    let messages: Vec<Params> = (0..45).map(|i| sms(&unique_phone(), &format!("{i}{}", "x".repeat(245_000)))).collect();
+    spool_while_down(&spool, &messages).await;
+    replay(stack, &spool).await;
+    let sids: Vec<String> = messages.iter().map(sid_of).collect();
+    assert_each_stored_once(stack, &sids);
+    let list = sql_list(&sids);
+    assert_eq!(count(stack, &format!("select count(*) from jobs where message_sid in ({list})")), 45);
+}
+
 /// Offsets at which the records of a new-format segment start.
 fn record_starts(bytes: &[u8]) -> Vec<usize> {
     bytes.windows(4).enumerate().filter(|(_, w)| *w == [0xFF, b'T', b'I', b'1']).map(|(i, _)| i).collect()
