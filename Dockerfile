@@ -1,11 +1,14 @@
 # syntax=docker/dockerfile:1
-# Build: dependencies are compiled in their own layer, cached until Cargo.toml or Cargo.lock change.
-# Pinned, so a release builds with the toolchain it was tested with (rust-version in Cargo.toml
-# is the floor).
+# Build: dependencies are compiled in their own layer, cached until Cargo.toml, Cargo.lock or the
+# vendored crate change. The toolchain is named by its tag (tests/image.rs checks that the tests ran
+# on the same one; rust-version in Cargo.toml is the floor); tags move with Debian's point
+# releases, so pin a digest here if a build must be reproducible bit for bit.
 FROM rust:1.95-slim-bookworm AS build
 WORKDIR /app
 COPY Cargo.toml Cargo.lock ./
 COPY tests/stack/Cargo.toml tests/stack/Cargo.toml
+# Cargo.toml patches postgrest with this copy (vendor/README.md says why).
+COPY vendor vendor
 RUN mkdir -p src benches tests/stack/src \
  && echo 'fn main() {}' > src/main.rs && touch src/lib.rs \
  && echo 'fn main() {}' > benches/throughput.rs \
