@@ -88,16 +88,113 @@ impl PublicUrl {
         self.origin(self.port) + path_and_query
     }
 
-    /// Every spelling of the URL that Twilio's libraries accept: as configured, with any port
-    /// removed, and with the scheme's default port spelled out. Twilio has signed each of these
-    /// at one time or another (twilio-node `webhooks.ts`: `addPort` / `removePort`). Built one at
-    /// a time, as configured first, since a genuine request almost always matches that one.
+    /// Every spelling of the URL that Twilio's libraries accept, and no other: the union of what
+    /// twilio-python 9.13 (`RequestValidator.validate`) and twilio-node 6.3 (`validateRequest`)
+    /// try. Both take the URL as received with its port removed and, only when it has none, with
+    /// the scheme's default port added. twilio-node also tries the URL as `new URL()` serialises
+    /// it (`'` in a query becomes `%27`, a default port is dropped), with and without a port, and
+    /// each of those with the query re-encoded by Node's legacy `querystring`. Built one at a
+    /// time, as configured first, since a genuine request almost always matches that one.
     fn candidates<'a>(&'a self, path_and_query: &'a str) -> impl Iterator<Item = String> + 'a {
-        let ports = [self.port, None, Some(if self.https { 443 } else { 80 })];
-        (0..ports.len())
-            .filter(move |&i| !ports[..i].contains(&ports[i]))
-            .map(move |i| self.origin(ports[i]) + path_and_query)
+        let received = self.join(path_and_query);
+        // The other spellings are made only if the first fails: most requests match the URL as
+        // configured. twilio-python reads the URL through urlparse/geturl, which drops an empty
+        // query's `?`; its port rules are twilio-node's.
+        let spellings = std::iter::once(received.clone()).flat_map(|received| {
+            let python = received.strip_suffix('?').unwrap_or(&received);
+            [node_remove_port(python), node_add_port(python), node_remove_port(&received), node_add_port(&received)]
+        });
+        let normalized = std::iter::once(received.clone()).flat_map(|received| {
+            let Ok(url) = url::Url::parse(&received) else { return Vec::new() };
+            let url = url.to_string();
+            let (without, with) = (node_remove_port(&url), node_add_port(&url));
+            let legacy = [legacy_querystring(&without), legacy_querystring(&with)];
+            [Some(without), Some(with)].into_iter().chain(legacy).flatten().collect()
+        });
+        let mut seen = Vec::new();
+        std::iter::once(received).chain(spellings).chain(normalized).filter(move |c| {
+            let new = !seen.contains(c);
+            if new {
+                seen.push(c.clone());
+            }
+            new
+        })
     }
+}
+
+/// Where a URL's authority ends and what its port is, as twilio-node's `splitUrl` reads it:
+/// (scheme and `//`, authority without the port, the port with its colon, the rest).
+fn node_split(url: &str) -> Option<(&str, &str, &str, &str)> {
+    let scheme_end = url.find("://")? + 3;
+    let authority_end = url[scheme_end..].find(['/', '?', '#']).map_or(url.len(), |i| scheme_end + i);
+    let authority = &url[scheme_end..authority_end];
+    let host_start = authority.rfind('@').map_or(0, |i| i + 1);
+    let after_bracket = authority[host_start..].rfind(']').map_or(host_start, |i| host_start + i + 1);
+    let port_start = authority[after_bracket..].find(':').map_or(authority.len(), |i| after_bracket + i);
+    Some((&url[..scheme_end], &authority[..port_start], &authority[port_start..], &url[authority_end..]))
+}
+
+/// twilio-node's `removePort`.
+fn node_remove_port(url: &str) -> String {
+    match node_split(url) {
+        Some((scheme, host, _, rest)) => format!("{scheme}{host}{rest}"),
+        None => url.to_owned(),
+    }
+}
+
+/// twilio-node's `addPort`: the scheme's default port, where the URL names none.
+fn node_add_port(url: &str) -> String {
+    match node_split(url) {
+        Some((scheme, host, "", rest)) => {
+            let port = if scheme.eq_ignore_ascii_case("https://") { 443 } else { 80 };
+            format!("{scheme}{host}:{port}{rest}")
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// twilio-node's `withLegacyQuerystring`: the query parsed and re-serialised by Node's
+/// `querystring` module, or None where that changes nothing twilio-node would try. `parse` splits
+/// on `&` and `=`, decodes `+` and `%XX`, and groups a repeated key's values where the key first
+/// appeared (array-index keys first, in numeric order, as JavaScript orders an object's keys);
+/// `stringify` escapes all but `A-Z a-z 0-9 - _ . ! ~ * ' ( )`.
+fn legacy_querystring(url: &str) -> Option<String> {
+    let (base, query) = url.split_once('?')?;
+    if query.is_empty() {
+        return None;
+    }
+    let decode = |text: &str| {
+        let text = text.replace('+', " ");
+        percent_encoding::percent_decode_str(&text).decode_utf8_lossy().into_owned()
+    };
+    let mut keys: Vec<(String, Vec<String>)> = Vec::new();
+    for piece in query.split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = piece.split_once('=').unwrap_or((piece, ""));
+        let (key, value) = (decode(key), decode(value));
+        match keys.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, values)) => values.push(value),
+            None => keys.push((key, vec![value])),
+        }
+    }
+    // JavaScript lists integer-like keys (canonical, below 2^32 - 1) first, in ascending order.
+    let index = |key: &str| key.parse::<u32>().ok().filter(|n| *n < u32::MAX && n.to_string() == key);
+    keys.sort_by_key(|(key, _)| index(key).map_or((1, 0), |n| (0, n)));
+    const KEEP: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'_')
+        .remove(b'.')
+        .remove(b'!')
+        .remove(b'~')
+        .remove(b'*')
+        .remove(b'\'')
+        .remove(b'(')
+        .remove(b')');
+    let escape = |text: &str| percent_encoding::utf8_percent_encode(text, KEEP).to_string();
+    let pairs: Vec<String> = keys
+        .iter()
+        .flat_map(|(key, values)| values.iter().map(move |value| format!("{}={}", escape(key), escape(value))))
+        .collect();
+    Some(format!("{base}?{}", pairs.join("&")))
 }
 
 /// The HMAC a signature is made with.
@@ -223,8 +320,9 @@ pub fn verify(
     match body_hash {
         None => Ok(signed_params),
         Some(claimed) => {
+            // Lowercase hex, as both libraries compare it: an uppercase hash is refused by both.
             let actual = hex::encode(Sha256::digest(body));
-            if !bool::from(actual.as_bytes().ct_eq(claimed.to_ascii_lowercase().as_bytes())) {
+            if !bool::from(actual.as_bytes().ct_eq(claimed.as_bytes())) {
                 return Err(SignatureError::BodyHashMismatch);
             }
             // Signed but not a JSON object: keep the raw text so the dead letter loses nothing.
@@ -396,6 +494,51 @@ mod tests {
             check_docs_request(plain, "/myapp.php", "https://mycompany.com:8443/myapp.php"),
             Err(SignatureError::Mismatch)
         );
+    }
+
+    #[test]
+    fn with_a_port_of_its_own_the_default_port_is_not_accepted() {
+        // twilio-python and twilio-node try "as is" and "without the port" when a port is given.
+        let public = "https://mycompany.com:8443";
+        assert!(check_docs_request(public, "/myapp.php", "https://mycompany.com:8443/myapp.php").is_ok());
+        assert!(check_docs_request(public, "/myapp.php", "https://mycompany.com/myapp.php").is_ok());
+        assert_eq!(
+            check_docs_request(public, "/myapp.php", "https://mycompany.com:443/myapp.php"),
+            Err(SignatureError::Mismatch)
+        );
+    }
+
+    #[test]
+    fn a_raw_quote_in_the_query_is_accepted_signed_in_its_escaped_form_as_twilio_node_does() {
+        let public = "https://mycompany.com";
+        assert!(check_docs_request(public, "/hook?name=o'brien", "https://mycompany.com/hook?name=o%27brien").is_ok());
+        assert!(check_docs_request(public, "/hook?name=o'brien", "https://mycompany.com/hook?name=o'brien").is_ok());
+        // Node's legacy querystring turns %27 back into a quote, and re-encodes the rest.
+        assert!(check_docs_request(public, "/hook?a=b%20c", "https://mycompany.com/hook?a=b%20c").is_ok());
+        assert!(check_docs_request(public, "/hook?a=b+c", "https://mycompany.com/hook?a=b%20c").is_ok());
+        // But nothing else of the URL may change.
+        assert!(check_docs_request(public, "/hook?name=o'brien", "https://mycompany.com/hook?name=obrien").is_err());
+    }
+
+    #[test]
+    fn an_uppercase_body_hash_is_refused_as_both_libraries_refuse_it() {
+        let body = br#"{"From":"+15551230000","Body":"hi"}"#;
+        let hash = hex::encode(Sha256::digest(body)).to_ascii_uppercase();
+        let path = format!("/hook?bodySHA256={hash}");
+        let url = PublicUrl::parse("https://example.com").unwrap();
+        let sig = sign("tok", &url.join(&path), &Params::default());
+        assert_eq!(verify(&url, &path, Some(&sig), body, &tokens(&["tok"])), Err(SignatureError::BodyHashMismatch));
+    }
+
+    #[test]
+    fn node_querystring_is_reproduced() {
+        assert_eq!(legacy_querystring("https://h/p?b=1&a=2&b=3").unwrap(), "https://h/p?b=1&b=3&a=2");
+        assert_eq!(legacy_querystring("https://h/p?z=1&10=a&2=b").unwrap(), "https://h/p?2=b&10=a&z=1");
+        assert_eq!(legacy_querystring("https://h/p?k&&x=%27+%3a").unwrap(), "https://h/p?k=&x='%20%3A");
+        assert_eq!(legacy_querystring("https://h/p?"), None);
+        assert_eq!(node_add_port("https://h/p"), "https://h:443/p");
+        assert_eq!(node_add_port("http://[::1]:8080/p"), "http://[::1]:8080/p");
+        assert_eq!(node_remove_port("http://[::1]:8080/p"), "http://[::1]/p");
     }
 
     #[test]
