@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::SecretString;
 
 use crate::supabase::ServiceKey;
 use crate::twilio::webhook::is_sid;
@@ -34,7 +34,10 @@ pub struct Config {
     pub public_url: PublicUrl,
     pub supabase_url: String,
     pub service_key: ServiceKey,
-    pub host: IpAddr,
+    /// `HOST`: the one address to listen on. Unset, both ports listen on every address, IPv6 and
+    /// IPv4 (`[::]` dual-stack): Fly's private network, which its metrics scraper and private
+    /// checks use, is IPv6 only.
+    pub host: Option<IpAddr>,
     pub port: u16,
     /// The operations port: `/metrics`, `/readyz` and `/healthz`, for Fly's checks and scraper,
     /// not for the internet (`OPS_PORT`, default 9091).
@@ -61,32 +64,26 @@ impl Config {
             reason: reason.to_string(),
         };
 
-        // TWILIO_ACCOUNTS=<AccountSid>:<token>[,…]: subaccounts that sign with their own tokens.
+        // TWILIO_ACCOUNTS=<AccountSid>:<token>[,…]: subaccounts that sign with their own tokens. Each
+        // entry holds a secret, and a slip (token first, a stray comma) would put it in the
+        // message: an entry is named by its position, never by what it holds.
         let mut accounts = Vec::new();
-        for entry in
-            get("TWILIO_ACCOUNTS").iter().flat_map(|list| list.split(',')).map(str::trim).filter(|e| !e.is_empty())
-        {
-            let (sid, secret) = entry
-                .split_once(':')
-                .ok_or_else(|| invalid("TWILIO_ACCOUNTS", &"expected <AccountSid>:<token>[,…]"))?;
+        for (n, entry) in entries(get("TWILIO_ACCOUNTS")) {
+            let at = |what: &str| invalid("TWILIO_ACCOUNTS", &format!("entry {n}: {what}"));
+            let (sid, secret) = entry.split_once(':').ok_or_else(|| at("expected <AccountSid>:<token>"))?;
             if !is_sid(sid.trim(), &["AC"]) {
-                return Err(invalid(
-                    "TWILIO_ACCOUNTS",
-                    &format!("{:?} is not an AccountSid (AC and 32 hex digits)", clip(sid)),
-                ));
+                return Err(at("does not start with an AccountSid (AC and 32 hex digits), then ':' and its token"));
             }
-            accounts.push((sid.trim().to_owned(), token("TWILIO_ACCOUNTS", secret.to_owned())?));
+            let secret = token(secret.to_owned()).map_err(at)?;
+            accounts.push((sid.trim().to_owned(), secret));
         }
 
-        // The main account's token is needed unless every account is listed above.
         let mut auth_tokens = Vec::new();
-        match get("TWILIO_AUTH_TOKEN") {
-            Some(primary) => auth_tokens.push(token("TWILIO_AUTH_TOKEN", primary)?),
-            None if accounts.is_empty() => return Err(ConfigError::Missing("TWILIO_AUTH_TOKEN")),
-            None => {}
+        if let Some(primary) = get("TWILIO_AUTH_TOKEN") {
+            auth_tokens.push(token(primary).map_err(|reason| invalid("TWILIO_AUTH_TOKEN", &reason))?);
         }
         if let Some(secondary) = get("TWILIO_AUTH_TOKEN_SECONDARY") {
-            auth_tokens.push(token("TWILIO_AUTH_TOKEN_SECONDARY", secondary)?);
+            auth_tokens.push(token(secondary).map_err(|reason| invalid("TWILIO_AUTH_TOKEN_SECONDARY", &reason))?);
         }
 
         let account_sid = match get("TWILIO_ACCOUNT_SID") {
@@ -95,23 +92,25 @@ impl Config {
             None => None,
         };
 
-        // TWILIO_SHARED_KEYS=<keyId>=<secret>[,…]: SharedKeys, several while one is rotated.
-        let mut shared_keys = Vec::new();
-        for entry in
-            get("TWILIO_SHARED_KEYS").iter().flat_map(|list| list.split(',')).map(str::trim).filter(|e| !e.is_empty())
-        {
-            let (id, secret) =
-                entry.split_once('=').ok_or_else(|| invalid("TWILIO_SHARED_KEYS", &"expected <keyId>=<secret>[,…]"))?;
+        // TWILIO_SHARED_KEYS=<keyId>=<secret>[,…]: SharedKeys, several while one is rotated. Named by
+        // position too: which side of a slip is the secret cannot be told.
+        let mut shared_keys: Vec<(String, SecretString)> = Vec::new();
+        for (n, entry) in entries(get("TWILIO_SHARED_KEYS")) {
+            let at = |what: &str| invalid("TWILIO_SHARED_KEYS", &format!("entry {n}: {what}"));
+            let (id, secret) = entry.split_once('=').ok_or_else(|| at("expected <keyId>=<secret>"))?;
             let (id, secret) = (id.trim(), secret.trim());
             if id.is_empty() || secret.is_empty() || secret.contains(char::is_whitespace) {
-                return Err(invalid("TWILIO_SHARED_KEYS", &format!("key {:?} needs an id and a secret", clip(id))));
+                return Err(at("needs a key id and a secret"));
             }
-            if shared_keys.iter().any(|(known, _): &(String, SecretString)| known == id) {
-                return Err(invalid("TWILIO_SHARED_KEYS", &format!("key {:?} is given twice", clip(id))));
+            if shared_keys.iter().any(|(known, _)| known == id) {
+                return Err(at("repeats the key id of an earlier entry"));
             }
             shared_keys.push((id.to_owned(), SecretString::from(secret.to_owned())));
         }
-        let credentials = Credentials { auth_tokens, account_sid, accounts, shared_keys };
+        // Some secret must sign webhooks: the main account's token, a subaccount's, or a SharedKey
+        // (with which the auth token never needs to leave Twilio's console).
+        let credentials = Credentials::new(auth_tokens, account_sid, accounts, shared_keys)
+            .ok_or(ConfigError::Missing("TWILIO_AUTH_TOKEN"))?;
 
         let public_url = PublicUrl::parse(&required("PUBLIC_URL")?).map_err(|reason| invalid("PUBLIC_URL", &reason))?;
 
@@ -121,13 +120,17 @@ impl Config {
             return Err(invalid("SUPABASE_URL", &"expected an http(s) URL such as https://xyz.supabase.co"));
         }
         let supabase_url = supabase_url.trim_end_matches('/').to_owned();
+        // The REST API is SUPABASE_URL/rest/v1: the suffix given here would be doubled.
+        if supabase_url.ends_with("/rest/v1") {
+            return Err(invalid("SUPABASE_URL", &"give the project URL without /rest/v1 (https://<ref>.supabase.co)"));
+        }
 
         let service_key = ServiceKey::parse(&required("SUPABASE_SERVICE_ROLE_KEY")?)
             .map_err(|reason| invalid("SUPABASE_SERVICE_ROLE_KEY", &reason))?;
 
         let host = match get("HOST") {
-            Some(h) => h.parse().map_err(|e| invalid("HOST", &e))?,
-            None => IpAddr::from([0, 0, 0, 0]),
+            Some(h) => Some(h.trim().parse().map_err(|e| invalid("HOST", &e))?),
+            None => None,
         };
         let port = match get("PORT") {
             Some(p) => p.parse().map_err(|e| invalid("PORT", &e))?,
@@ -191,21 +194,27 @@ impl Config {
     }
 }
 
-/// At most 40 characters of a configured value, for an error that names it; never a secret.
-fn clip(value: &str) -> String {
-    crate::clip(value, 40).to_owned()
+/// The non-blank entries of a comma-separated list, numbered from 1 for an error that names one.
+fn entries(list: Option<String>) -> Vec<(usize, String)> {
+    let list = list.unwrap_or_default();
+    list.split(',')
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+        .map(str::to_owned)
+        .enumerate()
+        .map(|(i, e)| (i + 1, e))
+        .collect()
 }
 
-fn token(var: &'static str, value: String) -> Result<SecretString, ConfigError> {
+/// An auth token, or why the value cannot be one; the reason never quotes the value.
+fn token(value: String) -> Result<SecretString, &'static str> {
     // Only a loose check, so that no future token format is refused: a pasted word, or a value
     // with spaces in it (two tokens, a line break), is caught; a wrong token shows as 403s.
     let value = value.trim().to_owned();
     if value.len() < 8 || value.contains(char::is_whitespace) {
-        return Err(ConfigError::Invalid { var, reason: "does not look like a Twilio auth token".into() });
+        return Err("does not look like a Twilio auth token");
     }
-    let secret = SecretString::from(value);
-    debug_assert!(!secret.expose_secret().is_empty());
-    Ok(secret)
+    Ok(SecretString::from(value))
 }
 
 #[cfg(test)]
@@ -240,7 +249,8 @@ mod tests {
     fn a_complete_environment_loads_with_defaults() {
         let cfg = Config::from_lookup(env(&[])).unwrap();
         assert_eq!(cfg.port, 8080);
-        assert_eq!(cfg.credentials.auth_tokens.len(), 1);
+        assert_eq!(cfg.credentials.auth_token_count(), 1);
+        assert_eq!(cfg.host, None, "both ports listen dual-stack unless HOST says otherwise");
         assert_eq!(cfg.deadline, Duration::from_millis(2_500));
         assert_eq!(cfg.worker_threads, 1);
     }
@@ -282,6 +292,57 @@ mod tests {
         ] {
             let err = Config::from_lookup(env(&[(var, value)])).unwrap_err();
             assert!(err.to_string().starts_with(&format!("{var} is invalid")), "{var}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_malformed_secret_bearing_value_is_named_by_position_never_quoted() {
+        const TOKEN: &str = "0123456789abcdef0123456789abcdef";
+        const SID: &str = "AC00000000000000000000000000000001";
+        for (var, value) in [
+            // Token first: the natural slip.
+            ("TWILIO_ACCOUNTS", format!("{TOKEN}:{SID}")),
+            ("TWILIO_ACCOUNTS", format!("{SID}:{TOKEN},{TOKEN}")),
+            ("TWILIO_ACCOUNTS", format!("{SID}:{TOKEN},{TOKEN}{SID}")),
+            ("TWILIO_ACCOUNTS", format!("{SID}:short{TOKEN} x")),
+            // The secret where the id goes, and no secret after it.
+            ("TWILIO_SHARED_KEYS", format!("{TOKEN}=")),
+            ("TWILIO_SHARED_KEYS", format!("={TOKEN}")),
+            ("TWILIO_SHARED_KEYS", TOKEN.to_owned()),
+            ("TWILIO_SHARED_KEYS", format!("{TOKEN}=a,{TOKEN}=b")),
+            ("TWILIO_AUTH_TOKEN", format!("{TOKEN} {TOKEN}")),
+            ("TWILIO_AUTH_TOKEN_SECONDARY", format!("{TOKEN}\n{TOKEN}")),
+        ] {
+            let err = Config::from_lookup(env(&[(var, &value)])).unwrap_err().to_string();
+            assert!(err.starts_with(&format!("{var} is invalid")), "{var}: {err}");
+            for piece in [&TOKEN[..8], &TOKEN[8..16], &TOKEN[16..24], &TOKEN[24..]] {
+                assert!(!err.contains(piece), "{var}={value:?} shows part of its secret: {err}");
+            }
+        }
+        let err = Config::from_lookup(env(&[("TWILIO_ACCOUNTS", &format!("{SID}:{TOKEN},{TOKEN}:{SID}"))]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("entry 2"), "{err}");
+    }
+
+    #[test]
+    fn shared_keys_alone_need_no_auth_token() {
+        let cfg =
+            Config::from_lookup(env(&[("TWILIO_AUTH_TOKEN", ""), ("TWILIO_SHARED_KEYS", "KS0123=shared-secret")]))
+                .unwrap();
+        assert_eq!(cfg.credentials.auth_token_count(), 0);
+        // With no secret at all, the token is what is missing.
+        assert_eq!(
+            Config::from_lookup(env(&[("TWILIO_AUTH_TOKEN", "")])).unwrap_err(),
+            ConfigError::Missing("TWILIO_AUTH_TOKEN")
+        );
+    }
+
+    #[test]
+    fn a_supabase_url_with_the_rest_suffix_says_to_drop_it() {
+        for url in ["https://abc.supabase.co/rest/v1", "https://abc.supabase.co/rest/v1/"] {
+            let err = Config::from_lookup(env(&[("SUPABASE_URL", url)])).unwrap_err().to_string();
+            assert!(err.starts_with("SUPABASE_URL is invalid") && err.contains("without /rest/v1"), "{err}");
         }
     }
 

@@ -53,6 +53,12 @@ pub async fn replay(supabase: &Supabase, limit: usize) -> Result<RedriveReport, 
     Ok(report)
 }
 
+/// Deletes the pending dead letters with `ids`, or (with `unusable`) every unusable one; returns
+/// how many went.
+pub async fn discard(supabase: &Supabase, ids: &[uuid::Uuid], unusable: bool) -> Result<u64, Error> {
+    supabase.discard_dead_letters(ids, unusable, TIMEOUT).await
+}
+
 async fn redrive(supabase: &Supabase, letter: DeadLetter, report: &mut RedriveReport) -> Result<(), Error> {
     let payload = decoded(&letter.payload);
     let outcome = match payload.as_object().map(Params::from_object) {

@@ -10,6 +10,7 @@ pub mod ingest;
 pub mod jobs;
 pub mod operator;
 pub mod phone;
+mod server;
 pub mod spool;
 pub mod supabase;
 pub mod telemetry;
@@ -20,9 +21,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
-use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -33,17 +32,12 @@ use crate::ingest::{Ingestor, Settings, Workers};
 use crate::spool::Spool;
 use crate::supabase::Supabase;
 
-/// A client must send its request headers within this long.
-const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
-/// Requests one HTTP/2 connection may have open at once.
-const MAX_STREAMS: u32 = 64;
-
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error(transparent)]
     Spool(#[from] spool::OpenError),
-    #[error("cannot listen on {addr}: {source}")]
-    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("cannot listen on port {port}: {source}")]
+    Bind { port: u16, source: std::io::Error },
 }
 
 /// The service, bound and ready to serve.
@@ -73,11 +67,8 @@ impl Application {
         let supabase = Supabase::new(&config.supabase_url, &config.service_key);
         let drain_limit = drain_limit(settings.deadline);
         let (ingestor, workers) = Ingestor::start(supabase.clone(), spool, settings);
-        let bind = |port| async move {
-            let addr = SocketAddr::new(config.host, port);
-            TcpListener::bind(addr).await.map_err(|source| StartError::Bind { addr, source })
-        };
-        let (listener, ops_listener) = (bind(config.port).await?, bind(config.ops_port).await?);
+        let bind = |port| server::bind(config.host, port).map_err(|source| StartError::Bind { port, source });
+        let (listener, ops_listener) = (bind(config.port)?, bind(config.ops_port)?);
         let state = Arc::new(http::AppState {
             ingestor: ingestor.clone(),
             supabase,
@@ -124,8 +115,8 @@ impl Application {
         // Below the open-file limit, whatever clients do: past it, new connections wait in the
         // listen backlog instead of failing accept() in a loop.
         let open = Arc::new(tokio::sync::Semaphore::new(connection::max_connections()));
-        let public = tokio::spawn(accept(listener, router, open.clone(), graceful.clone(), stop.clone()));
-        let ops = tokio::spawn(accept(ops_listener, ops_router, open, graceful.clone(), stop.clone()));
+        let public = tokio::spawn(server::accept(listener, router, open.clone(), graceful.clone(), stop.clone()));
+        let ops = tokio::spawn(server::accept(ops_listener, ops_router, open, graceful.clone(), stop.clone()));
         shutdown.await;
         stop.cancel();
         tracing::info!("shutting down: no new connections, finishing requests in flight");
@@ -142,48 +133,6 @@ impl Application {
         }
         tracing::info!("stopped");
         Ok(())
-    }
-}
-
-/// Accepts connections on `listener` until `stop` is cancelled, each served by `router` and
-/// watched by `graceful`.
-async fn accept(
-    listener: TcpListener,
-    router: axum::Router,
-    open: Arc<tokio::sync::Semaphore>,
-    graceful: Arc<GracefulShutdown>,
-    stop: CancellationToken,
-) {
-    let mut connections = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    connections.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_TIMEOUT);
-    // One HTTP/2 connection must not stand for thousands of requests.
-    connections.http2().timer(TokioTimer::new()).max_concurrent_streams(MAX_STREAMS);
-    loop {
-        let permit = tokio::select! {
-            () = stop.cancelled() => break,
-            permit = open.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
-        };
-        let stream = tokio::select! {
-            () = stop.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(e) => {
-                    // Out of file descriptors, most likely: wait rather than spin.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        // Answers are small and latency is what Twilio waits on: no Nagle delay.
-        let _ = stream.set_nodelay(true);
-        let service = TowerToHyperService::new(router.clone());
-        let stream = TokioIo::new(connection::Idle::new(stream));
-        let connection = graceful.watch(connections.serve_connection_with_upgrades(stream, service).into_owned());
-        tokio::spawn(async move {
-            let _ = connection.await;
-            drop(permit);
-        });
     }
 }
 

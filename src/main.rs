@@ -1,9 +1,8 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 
-use twilio_ingest::twilio::Params;
 use twilio_ingest::{dlq, operator, supabase::Supabase, telemetry, Application, Config, WEBHOOK_PATH};
 
 /// Receives Twilio webhooks and turns each inbound message into a job row in Supabase.
@@ -42,6 +41,9 @@ enum Command {
     /// Inspect and drain this machine's spool (SPOOL_DIR).
     #[command(subcommand)]
     Spool(SpoolCommand),
+    /// Ask the service running on this machine whether it is ready (its operations port's
+    /// /readyz), print the answer, and exit 0 only if it is.
+    Readyz,
 }
 
 #[derive(Subcommand)]
@@ -64,8 +66,8 @@ enum JobsCommand {
     /// Put failed jobs back to pending, with their attempts reset.
     Retry {
         /// A failed job's id; repeat for several.
-        #[arg(long = "id", value_name = "ID")]
-        ids: Vec<String>,
+        #[arg(long = "id", value_name = "ID", value_parser = uuid_arg)]
+        ids: Vec<uuid::Uuid>,
         /// Jobs that failed since this time (2026-11-24T10:00:00Z) or this long ago (2h).
         #[arg(long, value_name = "TIME", value_parser = twilio_ingest::jobs::parse_since)]
         failed_since: Option<String>,
@@ -84,11 +86,22 @@ enum DlqCommand {
         limit: usize,
     },
     /// Re-drive dead letters into jobs once their cause is fixed; safe to run twice. Letters never
-    /// tried again go first, so those that keep failing never hide newer ones.
+    /// tried again go first, so those that keep failing never hide newer ones. Exits 1 while any
+    /// still fails.
     Replay {
         /// How many to try, 1 to 10000.
         #[arg(long, default_value_t = 1000, value_parser = limit)]
         limit: usize,
+    },
+    /// Delete dead letters that will never become jobs, so that `dlq list` can reach zero. Letters
+    /// already replayed are kept.
+    Discard {
+        /// A dead letter's id; repeat for several.
+        #[arg(long = "id", value_name = "ID", value_parser = uuid_arg, required_unless_present = "unusable")]
+        ids: Vec<uuid::Uuid>,
+        /// Every unusable letter (no sender, a malformed SID...): nothing can make a job of them.
+        #[arg(long)]
+        unusable: bool,
     },
 }
 
@@ -116,6 +129,11 @@ enum SampleKind {
     Group,
 }
 
+/// A command used wrongly: exits 2, as clap's own usage errors do; any other failure exits 1.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct Usage(String);
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let config = match Config::from_env() {
@@ -125,15 +143,18 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    telemetry::init_logging(config.log_format);
+    let command = cli.command.unwrap_or(Command::Serve);
+    let serving = matches!(command, Command::Serve);
+    // The service logs as configured (JSON on Fly). A command is run by a person, whose output on
+    // stdout must not be mixed with JSON lines: its logs are text, on stderr.
+    telemetry::init_logging(if serving { config.log_format } else { twilio_ingest::config::LogFormat::Pretty });
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(config.worker_threads)
         .enable_all()
         .build()
         .expect("a tokio runtime starts");
     let result = runtime.block_on(async move {
-        let command = cli.command.unwrap_or(Command::Serve);
-        if matches!(command, Command::Serve) {
+        if serving {
             // The service drains on the signal itself (see run_until).
             return serve(&config).await;
         }
@@ -146,6 +167,10 @@ fn main() -> ExitCode {
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.is::<Usage>() => {
+            let _ = Cli::command().error(clap::error::ErrorKind::ArgumentConflict, e).print();
+            ExitCode::from(2)
+        }
         Err(e) => {
             eprintln!("twilio-ingest: {e:#}");
             ExitCode::FAILURE
@@ -154,25 +179,26 @@ fn main() -> ExitCode {
 }
 
 async fn operate(config: &Config, command: Command) -> anyhow::Result<()> {
-    let config = config.clone();
-    {
-        match command {
-            Command::Serve => serve(&config).await,
-            Command::Check => check(&config).await,
-            Command::Sign(sample) => {
-                let (url, params, sig) = signed_sample(&config, &sample);
-                let mut curl = format!("curl -sS -X POST '{url}' -H 'X-Twilio-Signature: {sig}'");
-                for (k, v) in params.pairs() {
-                    curl.push_str(&format!(" --data-urlencode '{k}={}'", v.replace('\'', r"'\''")));
-                }
-                println!("{curl}");
-                Ok(())
+    match command {
+        Command::Serve => serve(config).await,
+        Command::Check => check(config).await,
+        Command::Sign(sample) => {
+            let signed = signed_sample(config, &sample);
+            let mut curl = format!("curl -sS -X POST '{}' -H 'X-Twilio-Signature: {}'", signed.url, signed.signature);
+            if let Some(settings) = &signed.settings {
+                curl.push_str(&format!(" -H 'X-Twilio-Webhooks-Signature-Settings: {settings}'"));
             }
-            Command::Send { sample, target } => send(&config, &sample, target).await,
-            Command::Dlq(command) => dlq_command(&config, command).await,
-            Command::Jobs(command) => jobs_command(&config, command).await,
-            Command::Spool(command) => spool_command(&config, command).await,
+            for (k, v) in signed.params.pairs() {
+                curl.push_str(&format!(" --data-urlencode '{k}={}'", v.replace('\'', r"'\''")));
+            }
+            println!("{curl}");
+            Ok(())
         }
+        Command::Send { sample, target } => send(config, &sample, target).await,
+        Command::Dlq(command) => dlq_command(config, command).await,
+        Command::Jobs(command) => jobs_command(config, command).await,
+        Command::Spool(command) => spool_command(config, command).await,
+        Command::Readyz => readyz(config).await,
     }
 }
 
@@ -199,7 +225,7 @@ async fn check(config: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn signed_sample(config: &Config, sample: &SampleArgs) -> (String, Params, String) {
+fn signed_sample(config: &Config, sample: &SampleArgs) -> operator::SignedSample {
     let kind = match sample.kind {
         SampleKind::Dm => operator::SampleKind::Dm,
         SampleKind::Group => operator::SampleKind::Group,
@@ -215,12 +241,21 @@ fn signed_sample(config: &Config, sample: &SampleArgs) -> (String, Params, Strin
 }
 
 async fn send(config: &Config, sample: &SampleArgs, target: Option<String>) -> anyhow::Result<()> {
-    let (_, params, sig) = signed_sample(config, sample);
+    let signed = signed_sample(config, sample);
     let target = target.unwrap_or_else(|| format!("http://127.0.0.1:{}{WEBHOOK_PATH}", config.port));
-    let (status, answer) = operator::send(&target, &params, &sig).await?;
-    println!("{} {status}: {}", params.get("MessageSid").unwrap_or_default(), answer.trim());
+    let (status, answer) = operator::send(&target, &signed).await?;
+    println!("{} {status}: {}", signed.params.get("MessageSid").unwrap_or_default(), answer.trim());
     if !status.is_success() {
         anyhow::bail!("the service answered {status}");
+    }
+    Ok(())
+}
+
+async fn readyz(config: &Config) -> anyhow::Result<()> {
+    let (ready, answer) = operator::readyz(config).await?;
+    print!("{answer}");
+    if !ready {
+        anyhow::bail!("not ready");
     }
     Ok(())
 }
@@ -256,6 +291,13 @@ async fn dlq_command(config: &Config, command: DlqCommand) -> anyhow::Result<()>
                 println!("still failing: {id}: {why}");
             }
             println!("replayed {}, still failing {}", report.replayed.len(), report.still_failing.len());
+            if !report.still_failing.is_empty() {
+                anyhow::bail!("{} dead letter(s) still fail", report.still_failing.len());
+            }
+        }
+        DlqCommand::Discard { ids, unusable } => {
+            let discarded = dlq::discard(&supabase, &ids, unusable).await?;
+            println!("discarded {discarded} dead letter(s)");
         }
     }
     Ok(())
@@ -267,14 +309,22 @@ async fn jobs_command(config: &Config, command: JobsCommand) -> anyhow::Result<(
         JobsCommand::Stats => println!("{}", twilio_ingest::jobs::stats(&supabase).await?),
         JobsCommand::Retry { ids, failed_since, all } => {
             if ids.is_empty() && failed_since.is_none() && !all {
-                anyhow::bail!("say which failed jobs to retry: --id ID, --failed-since TIME, or --all");
+                return Err(
+                    Usage("say which failed jobs to retry: --id ID, --failed-since TIME, or --all".into()).into()
+                );
             }
+            let ids = ids.iter().map(uuid::Uuid::to_string).collect();
             let selection = twilio_ingest::jobs::RetrySelection { ids, failed_since };
             let requeued = twilio_ingest::jobs::retry(&supabase, &selection).await?;
             println!("requeued {requeued} failed job(s)");
         }
     }
     Ok(())
+}
+
+/// `--id`: a uuid, checked before anything is sent.
+fn uuid_arg(text: &str) -> Result<uuid::Uuid, String> {
+    uuid::Uuid::parse_str(text.trim()).map_err(|_| format!("{text:?} is not an id (a uuid)"))
 }
 
 /// `--limit`: a count from 1 to 10,000.

@@ -7,7 +7,9 @@ use std::time::Duration;
 use secrecy::ExposeSecret;
 
 use crate::supabase::Supabase;
-use crate::twilio::{signature, Params};
+use crate::twilio::credentials::Signer;
+use crate::twilio::signature::{self, Algorithm};
+use crate::twilio::Params;
 use crate::{spool, Config, WEBHOOK_PATH};
 
 const TIMEOUT: Duration = Duration::from_secs(10);
@@ -111,6 +113,22 @@ pub async fn check(config: &Config) -> CheckReport {
     report
 }
 
+/// Asks the service on this machine for its readiness (`/readyz` on `OPS_PORT`): whether it is
+/// ready, and its answer. For `fly ssh console -C "twilio-ingest readyz"`: the image has no curl.
+pub async fn readyz(config: &Config) -> Result<(bool, String), reqwest::Error> {
+    let host = match config.host {
+        // Listening everywhere, or on one address: the loopback reaches the first.
+        None => "127.0.0.1".to_owned(),
+        Some(ip) if ip.is_unspecified() => if ip.is_ipv6() { "[::1]" } else { "127.0.0.1" }.to_owned(),
+        Some(std::net::IpAddr::V6(ip)) => format!("[{ip}]"),
+        Some(ip) => ip.to_string(),
+    };
+    let url = format!("http://{host}:{}/readyz", config.ops_port);
+    let answer = reqwest::Client::new().get(url).timeout(TIMEOUT).send().await?;
+    let ready = answer.status().is_success();
+    Ok((ready, answer.text().await?))
+}
+
 /// Which kind of webhook a sample is.
 #[derive(Clone, Copy, Debug)]
 pub enum SampleKind {
@@ -131,15 +149,29 @@ pub struct Sample {
     pub message_sid: Option<String>,
 }
 
-/// The sample as Twilio would send it to this deployment: its URL, its params, and their signature
-/// with the configured secret.
-pub fn signed_sample(config: &Config, sample: &Sample) -> (String, Params, String) {
+/// A sample webhook as Twilio would send it to this deployment.
+#[derive(Clone, Debug)]
+pub struct SignedSample {
+    pub url: String,
+    pub params: Params,
+    /// `X-Twilio-Signature`.
+    pub signature: String,
+    /// `X-Twilio-Webhooks-Signature-Settings`, when a SharedKey signed it.
+    pub settings: Option<String>,
+}
+
+/// The sample as Twilio would send it to this deployment, signed with the first configured secret:
+/// an auth token, or a SharedKey (HMAC-SHA256) when no token is configured.
+pub fn signed_sample(config: &Config, sample: &Sample) -> SignedSample {
     let prefix = match sample.kind {
         SampleKind::Dm => "SM",
         SampleKind::Group => "IM",
     };
     let sid = sample.message_sid.clone().unwrap_or_else(|| format!("{prefix}{}", uuid::Uuid::new_v4().simple()));
-    let (secret, account) = config.credentials.sample_signer();
+    let signer = config.credentials.sample_signer();
+    let account = match &signer {
+        Signer::Token { account, .. } | Signer::SharedKey { account, .. } => account.clone(),
+    };
     let mut pairs: Vec<(&str, String)> = match sample.kind {
         SampleKind::Dm => vec![
             ("MessageSid", sid.clone()),
@@ -171,20 +203,28 @@ pub fn signed_sample(config: &Config, sample: &Sample) -> (String, Params, Strin
     }
     let params = Params::from_pairs(pairs);
     let url = config.public_url.join(WEBHOOK_PATH);
-    let sig = signature::sign(secret.expose_secret(), &url, &params);
-    (url, params, sig)
+    let (signature, settings) = match signer {
+        Signer::Token { token, .. } => (signature::sign(token.expose_secret(), &url, &params), None),
+        Signer::SharedKey { id, secret, .. } => (
+            signature::sign_with(Algorithm::HmacSha256, secret.expose_secret(), &url, &params),
+            Some(format!("key={id},algorithm=HMAC_SHA256")),
+        ),
+    };
+    SignedSample { url, params, signature, settings }
 }
 
-/// POSTs signed params to `target`, as Twilio would; returns the status and body of the answer.
-pub async fn send(target: &str, params: &Params, signature: &str) -> reqwest::Result<(reqwest::StatusCode, String)> {
-    let body = form_urlencoded::Serializer::new(String::new()).extend_pairs(params.pairs()).finish();
-    let response = reqwest::Client::new()
+/// POSTs a signed sample to `target`, as Twilio would; returns the status and body of the answer.
+pub async fn send(target: &str, sample: &SignedSample) -> reqwest::Result<(reqwest::StatusCode, String)> {
+    let body = form_urlencoded::Serializer::new(String::new()).extend_pairs(sample.params.pairs()).finish();
+    let mut request = reqwest::Client::new()
         .post(target)
-        .header("X-Twilio-Signature", signature)
+        .header("X-Twilio-Signature", &sample.signature)
         .header("Content-Type", "application/x-www-form-urlencoded")
-        .body(body)
-        .send()
-        .await?;
+        .body(body);
+    if let Some(settings) = &sample.settings {
+        request = request.header("X-Twilio-Webhooks-Signature-Settings", settings);
+    }
+    let response = request.send().await?;
     let status = response.status();
     Ok((status, response.text().await?))
 }

@@ -7,11 +7,12 @@ use tracing_subscriber::{fmt, EnvFilter};
 
 use crate::config::LogFormat;
 
-/// Installs the log subscriber: JSON lines in production, readable text in a terminal. Only the
-/// first call in a process takes effect.
+/// Installs the log subscriber, on stderr: JSON lines in production, readable text otherwise, in
+/// colour only on a terminal. Only the first call in a process takes effect.
 pub fn init_logging(format: LogFormat) {
+    use std::io::IsTerminal as _;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(std::io::stderr().is_terminal());
     let _ = match format {
         LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).with_span_list(false).try_init(),
         LogFormat::Pretty => builder.compact().try_init(),

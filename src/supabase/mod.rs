@@ -348,6 +348,29 @@ impl Supabase {
         Ok(())
     }
 
+    /// Deletes dead letters not yet replayed: those with the given ids, or (with `unusable`) every
+    /// one that is unusable, which no fix on the database's side can turn into a job. Returns how
+    /// many went. Replayed letters stay: they are the record of what was re-driven.
+    pub async fn discard_dead_letters(
+        &self,
+        ids: &[uuid::Uuid],
+        unusable: bool,
+        timeout: Duration,
+    ) -> Result<u64, Error> {
+        let mut request = self.table("dlq_jobs").is("replayed_at", "null");
+        if !ids.is_empty() {
+            request = request.in_("id", ids.iter().map(|id| id.to_string()));
+        }
+        if unusable {
+            request = request.eq("error_kind", DeadLetterKind::Unusable.as_str());
+        }
+        let request = request.select("id").delete();
+        let answer = self.send("dlq_jobs", request, Some("return=representation"), Expect::Json, timeout).await?;
+        let deleted: Vec<serde_json::Value> =
+            serde_json::from_slice(&answer.body).map_err(|e| Error::Decode(format!("deleted dead letters: {e}")))?;
+        Ok(deleted.len() as u64)
+    }
+
     /// Proves the key may do what the service does: read one key from each table, and call each
     /// ingest function with an empty batch (which writes nothing). Says which table or function
     /// failed, so a release that runs ahead of its migration names the function it lacks.

@@ -13,18 +13,27 @@ use secrecy::SecretString;
 use super::signature::{self, Algorithm, PublicUrl, SignatureError};
 use super::Params;
 
-/// The secrets and account rules requests are checked against. `Debug` shows no secret.
-#[derive(Clone, Default)]
+/// The secrets and account rules requests are checked against. `Debug` shows no secret. There is
+/// always at least one secret to check with: [`Credentials::new`] refuses none.
+#[derive(Clone)]
 pub struct Credentials {
-    /// `TWILIO_AUTH_TOKEN`, then `TWILIO_AUTH_TOKEN_SECONDARY`; empty when only subaccounts are
-    /// configured.
-    pub auth_tokens: Vec<SecretString>,
+    /// `TWILIO_AUTH_TOKEN`, then `TWILIO_AUTH_TOKEN_SECONDARY`; empty when only subaccounts or
+    /// SharedKeys are configured.
+    auth_tokens: Vec<SecretString>,
     /// `TWILIO_ACCOUNT_SID`: the one account the auth token may sign for.
-    pub account_sid: Option<String>,
+    account_sid: Option<String>,
     /// `TWILIO_ACCOUNTS`: subaccounts, each with its own token.
-    pub accounts: Vec<(String, SecretString)>,
+    accounts: Vec<(String, SecretString)>,
     /// `TWILIO_SHARED_KEYS`: SharedKey ids and secrets; several while rotating.
-    pub shared_keys: Vec<(String, SecretString)>,
+    shared_keys: Vec<(String, SecretString)>,
+}
+
+/// What a sample webhook is signed with: the first configured secret.
+pub enum Signer<'a> {
+    /// An auth token (the main account's or a subaccount's), for the account it signs for.
+    Token { token: &'a SecretString, account: String },
+    /// A SharedKey, named in the `X-Twilio-Webhooks-Signature-Settings` header the request carries.
+    SharedKey { id: &'a str, secret: &'a SecretString, account: String },
 }
 
 impl std::fmt::Debug for Credentials {
@@ -74,9 +83,12 @@ impl Credentials {
                 .find(|(id, _)| id == key_id)
                 .ok_or_else(|| Refusal::UnknownSharedKey(clip(key_id)))?;
             let params = signature::verify(url, path_and_query, signature_header, body, &[(algorithm, secret)])?;
+            // The SharedKey's secret is this deployment's own, so it needs no auth token beside it;
+            // TWILIO_ACCOUNT_SID, when set, still names the one account besides the listed ones.
             let account = params.get("AccountSid").unwrap_or_default();
-            if !self.accounts.iter().any(|(sid, _)| sid == account) {
-                self.check_main_account(account)?;
+            let listed = self.accounts.iter().any(|(sid, _)| sid == account);
+            if !listed && self.account_sid.as_deref().is_some_and(|expected| expected != account) {
+                return Err(Refusal::WrongAccount(clip(account)));
             }
             return Ok(params);
         }
@@ -112,14 +124,33 @@ impl Credentials {
         }
     }
 
-    /// The first secret that can sign a sample webhook, and the account it signs for: for
-    /// `twilio-ingest sign` and `send`.
-    pub fn sample_signer(&self) -> (&SecretString, String) {
-        match (self.auth_tokens.first(), self.accounts.first()) {
-            (Some(token), _) => (token, self.account_sid.clone().unwrap_or_else(|| format!("AC{}", "0".repeat(32)))),
-            (None, Some((sid, token))) => (token, sid.clone()),
-            (None, None) => unreachable!("configuration requires a token"),
+    /// The credentials, or None when they hold no secret at all: nothing could then be verified.
+    pub fn new(
+        auth_tokens: Vec<SecretString>,
+        account_sid: Option<String>,
+        accounts: Vec<(String, SecretString)>,
+        shared_keys: Vec<(String, SecretString)>,
+    ) -> Option<Self> {
+        let any = !auth_tokens.is_empty() || !accounts.is_empty() || !shared_keys.is_empty();
+        any.then_some(Credentials { auth_tokens, account_sid, accounts, shared_keys })
+    }
+
+    /// How many auth tokens (primary and secondary) are configured.
+    pub fn auth_token_count(&self) -> usize {
+        self.auth_tokens.len()
+    }
+
+    /// The first secret that can sign a sample webhook: for `twilio-ingest sign` and `send`.
+    pub fn sample_signer(&self) -> Signer<'_> {
+        let main_account = || self.account_sid.clone().unwrap_or_else(|| format!("AC{}", "0".repeat(32)));
+        if let Some(token) = self.auth_tokens.first() {
+            return Signer::Token { token, account: main_account() };
         }
+        if let Some((sid, token)) = self.accounts.first() {
+            return Signer::Token { token, account: sid.clone() };
+        }
+        let (id, secret) = self.shared_keys.first().expect("Credentials::new refuses credentials without a secret");
+        Signer::SharedKey { id, secret, account: main_account() }
     }
 }
 
@@ -227,7 +258,7 @@ mod tests {
 
     #[test]
     fn the_auth_token_alone_takes_any_account() {
-        let c = Credentials { auth_tokens: vec![secret(MAIN_TOKEN)], ..Credentials::default() };
+        let c = Credentials::new(vec![secret(MAIN_TOKEN)], None, vec![], vec![]).unwrap();
         assert!(check(&c, &message(OTHER), &signed(MAIN_TOKEN, &message(OTHER)), None).is_ok());
     }
 
@@ -329,6 +360,29 @@ mod tests {
                 "{settings:?}"
             );
         }
+    }
+
+    #[test]
+    fn shared_keys_alone_verify_without_an_auth_token() {
+        let c = Credentials::new(vec![], Some(MAIN.into()), vec![], vec![("KS0123".into(), secret(SHARED_SECRET))])
+            .unwrap();
+        assert!(check_vector(&c, "key=KS0123,algorithm=HMAC_SHA256", false, PYTHON_VECTORS[1].2).is_ok());
+        // Without a SharedKey header, there is no token to check with.
+        let params = message(MAIN);
+        assert_eq!(check(&c, &params, &signed(MAIN_TOKEN, &params), None), Err(Refusal::WrongAccount(MAIN.into())));
+        // TWILIO_ACCOUNT_SID still holds for SharedKey-signed requests.
+        let other =
+            Credentials::new(vec![], Some(OTHER.into()), vec![], vec![("KS0123".into(), secret(SHARED_SECRET))])
+                .unwrap();
+        assert_eq!(
+            check_vector(&other, "key=KS0123,algorithm=HMAC_SHA256", false, PYTHON_VECTORS[1].2),
+            Err(Refusal::WrongAccount(MAIN.into()))
+        );
+    }
+
+    #[test]
+    fn credentials_without_any_secret_cannot_be_made() {
+        assert!(Credentials::new(vec![], Some(MAIN.into()), vec![], vec![]).is_none());
     }
 
     #[test]

@@ -439,10 +439,10 @@ async fn check_and_the_signed_sample_work_in_process() {
         profile_name: None,
         message_sid: None,
     };
-    let (_, params, signature) = twilio_ingest::operator::signed_sample(&config, &sample);
-    let (status, _) = twilio_ingest::operator::send(&app.url(), &params, &signature).await.unwrap();
+    let signed = twilio_ingest::operator::signed_sample(&config, &sample);
+    let (status, _) = twilio_ingest::operator::send(&app.url(), &signed).await.unwrap();
     assert_eq!(status, 200);
-    assert_eq!(jobs_with_sid(stack, &sid_of(&params)), 1);
+    assert_eq!(jobs_with_sid(stack, &sid_of(&signed.params)), 1);
     app.stop().await;
 }
 
@@ -479,4 +479,64 @@ async fn build_with_honours_the_configured_deadline() {
     let took = started.elapsed();
     assert!(took < Duration::from_millis(1_200), "answered after {took:?}: the default 2.5 s deadline was used");
     app.stop().await;
+}
+
+/// Unless `HOST` says otherwise, both ports listen on IPv6 and IPv4 alike: Fly's private network,
+/// which its metrics scraper and private checks use, is IPv6 only. Run in a network namespace of
+/// its own, which has nothing but a loopback, so that listening everywhere reaches nothing else;
+/// and `twilio-ingest readyz`, the README's way to ask from inside a machine, answers there.
+#[test]
+fn by_default_both_ports_answer_over_ipv6_and_ipv4() {
+    let spool = temp_dir("spool");
+    let script = r#"
+ip link set lo up
+"$BIN" serve 2>"$SPOOL_DIR/../serve.log" & pid=$!
+python3 - <<'PY'
+import socket, time
+def status(host, port, path):
+    deadline = time.time() + 20
+    while True:
+        try:
+            s = socket.create_connection((host, port), timeout=2)
+            break
+        except OSError:
+            if time.time() > deadline:
+                return "unreachable"
+            time.sleep(0.05)
+    s.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+    data = b""
+    while chunk := s.recv(65536):
+        data += chunk
+    return data.split(b"\r\n")[0].decode()
+for host in ["::1", "127.0.0.1"]:
+    for port, path in [(8080, "/healthz"), (9091, "/healthz"), (9091, "/metrics")]:
+        print(f"{host} {port}{path} {status(host, port, path)}")
+PY
+"$BIN" readyz; echo "readyz exit $?"
+kill -TERM $pid; wait $pid
+"#;
+    let out = std::process::Command::new("unshare")
+        .args(["--net", "sh", "-c", script])
+        .env("BIN", env!("CARGO_BIN_EXE_twilio-ingest"))
+        .env("TWILIO_AUTH_TOKEN", TOKEN)
+        .env("PUBLIC_URL", PUBLIC_URL)
+        // Nothing answers inside the namespace: the service spools, and is not ready.
+        .env("SUPABASE_URL", "http://127.0.0.1:9")
+        .env("SUPABASE_SERVICE_ROLE_KEY", KeyKind::Secret.service_key())
+        .env("SPOOL_DIR", &spool)
+        .env("PORT", "8080")
+        .env("OPS_PORT", "9091")
+        .env_remove("HOST")
+        .output()
+        .expect("unshare runs (it needs root, as CI has)");
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{printed}{}", String::from_utf8_lossy(&out.stderr));
+    for host in ["::1", "127.0.0.1"] {
+        for target in ["8080/healthz", "9091/healthz", "9091/metrics"] {
+            assert!(printed.contains(&format!("{host} {target} HTTP/1.1 200 OK")), "{host} {target}:\n{printed}");
+        }
+    }
+    // readyz reached the operations port, which said why it is not ready, and exits 1 for it.
+    assert!(printed.contains("not ready:"), "{printed}");
+    assert!(printed.contains("readyz exit 1"), "{printed}");
 }
