@@ -98,7 +98,7 @@ async fn drop_unfit_request_id<B>(mut request: Request<B>) -> Request<B> {
 
 /// At most [`MAX_LOGGED`] characters of something a client sent, for a log line.
 fn clip(text: &str) -> &str {
-    crate::clip(text, MAX_LOGGED)
+    crate::text::clip(text, MAX_LOGGED)
 }
 
 fn request_span<B>(request: &Request<B>) -> tracing::Span {

@@ -14,6 +14,7 @@ mod server;
 pub mod spool;
 pub mod supabase;
 pub mod telemetry;
+mod text;
 pub mod twilio;
 
 use std::future::Future;
@@ -196,12 +197,6 @@ pub async fn drain_spool(config: &Config, deadline: Duration) -> Result<SpoolDra
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
-}
-
-/// At most `max_chars` characters of `text`: what a client, an upstream or an operator sent, cut
-/// short for an error message or a log line. Each module says its own limit.
-pub(crate) fn clip(text: &str, max_chars: usize) -> &str {
-    text.char_indices().nth(max_chars).map_or(text, |(end, _)| &text[..end])
 }
 
 /// Completes on SIGINT (what Fly sends) or SIGTERM.

@@ -7,8 +7,8 @@
 //! names); then every source the final stage copies must exist, and the binary must run. Where a
 //! container engine can build, the image is also built for real.
 //!
-//! A test binary of its own: the release build takes both cores for minutes, and nothing else
-//! should be timed beside it.
+//! It builds what is committed (`HEAD`): commit before running it. A test binary of its own: the
+//! release build takes both cores for minutes, and nothing else should be timed beside it.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -103,17 +103,25 @@ impl DockerIgnore {
     }
 }
 
-/// The build context: every committed file that `.dockerignore` lets through, relative paths.
-fn context(root: &Path) -> Vec<String> {
-    let out = Command::new("git").args(["ls-files", "-z"]).current_dir(root).output().expect("git runs");
-    assert!(out.status.success(), "git ls-files failed");
-    let ignore = DockerIgnore::parse(&std::fs::read_to_string(root.join(".dockerignore")).unwrap_or_default());
+/// The build context: the files of the commit checked out (`HEAD`, not the work tree: commit first),
+/// unpacked into `into`, less what `.dockerignore` excludes. Returns their relative paths.
+fn context(root: &Path, into: &Path) -> Vec<String> {
+    std::fs::create_dir_all(into).unwrap();
+    let archive = Command::new("sh")
+        .args(["-ec", &format!("git archive --format=tar HEAD | tar -x -C '{}'", into.display())])
+        .current_dir(root)
+        .status()
+        .expect("git and tar run");
+    assert!(archive.success(), "git archive HEAD failed");
+    let out =
+        Command::new("git").args(["ls-tree", "-r", "-z", "--name-only", "HEAD"]).current_dir(root).output().unwrap();
+    assert!(out.status.success(), "git ls-tree failed");
+    let ignore = DockerIgnore::parse(&std::fs::read_to_string(into.join(".dockerignore")).unwrap_or_default());
     String::from_utf8(out.stdout)
         .unwrap()
         .split('\0')
         .filter(|p| !p.is_empty() && !ignore.excludes(p))
-        // A file deleted in the work tree but not yet in a commit is not in what a build would see.
-        .filter(|p| root.join(p).is_file())
+        .filter(|p| into.join(p).is_file())
         .map(str::to_owned)
         .collect()
 }
@@ -170,7 +178,6 @@ fn the_release_image_builds_from_the_committed_tree() {
     let stages = stages(&dockerfile);
     let build = stages.iter().find(|s| s.name.as_deref() == Some("build")).expect("a stage named build");
     let last = stages.last().unwrap();
-    let files = context(&root);
 
     // The stage's toolchain is this machine's, or the replay would prove nothing about it.
     let tag = build.image.strip_prefix("rust:").expect("the build stage is FROM rust:<version>");
@@ -178,8 +185,10 @@ fn the_release_image_builds_from_the_committed_tree() {
     let rustc = String::from_utf8(Command::new("rustc").arg("--version").output().unwrap().stdout).unwrap();
     assert!(rustc.starts_with(&format!("rustc {version}")), "the image builds with Rust {version}; here: {rustc}");
 
-    let stage_root = std::env::temp_dir().join(format!("twilio-ingest-image-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&stage_root);
+    let scratch = std::env::temp_dir().join(format!("twilio-ingest-image-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&scratch);
+    let (build_context, stage_root) = (scratch.join("context"), scratch.join("stage"));
+    let files = context(&root, &build_context);
     std::fs::create_dir_all(&stage_root).unwrap();
     let mut workdir = PathBuf::from("/");
     let mut env: Vec<(String, String)> = Vec::new();
@@ -201,7 +210,7 @@ fn the_release_image_builds_from_the_committed_tree() {
                 assert!(flags.is_empty(), "COPY {args}: flags in the build stage are not replayed");
                 let dest_abs = workdir.join(dest);
                 let dest_is_dir = dest.ends_with('/') || dest == "." || srcs.len() > 1;
-                copy(&root, &files, &srcs, &inside(&stage_root, dest_abs.to_str().unwrap()), dest_is_dir);
+                copy(&build_context, &files, &srcs, &inside(&stage_root, dest_abs.to_str().unwrap()), dest_is_dir);
             }
             "RUN" => {
                 let status = Command::new("sh")
@@ -241,7 +250,7 @@ fn the_release_image_builds_from_the_committed_tree() {
     // The subcommand the README runs inside the machine is in the built binary.
     let readyz = Command::new(&binary).args(["readyz", "--help"]).output().unwrap();
     assert!(readyz.status.success(), "the built binary has no readyz command");
-    std::fs::remove_dir_all(&stage_root).unwrap();
+    std::fs::remove_dir_all(&scratch).unwrap();
 
     match container_engine() {
         Some(engine) => {

@@ -13,7 +13,7 @@ use tokio::sync::oneshot;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 
-use super::store::Delivery;
+use super::store::{Delivery, Reason};
 use super::{classify, Classified, Inner, ReceivedAt, SpoolRecord};
 use crate::spool::read_segment;
 use crate::supabase::DeadLetterKind;
@@ -137,8 +137,9 @@ async fn replay_chunk(inner: &Inner, records: &[Vec<u8>]) -> Result<(), String> 
     for (bytes, why) in unreadable {
         let payload = serde_json::json!({ "unreadable_spool_record_base64": bytes });
         let error = format!("unreadable spool record: {why}");
+        let reason = Reason { stored: error.clone(), logged: error };
         deliveries.push(
-            inner.dead_letter_with(&payload, None, ReceivedAt::now(), error, DeadLetterKind::Unusable, until).await,
+            inner.dead_letter_with(&payload, None, ReceivedAt::now(), reason, DeadLetterKind::Unusable, until).await,
         );
     }
     match deliveries.into_iter().find_map(|d| match d {

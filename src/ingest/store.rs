@@ -9,6 +9,13 @@ use serde_json::Value;
 use super::{retry, Inner, Outcome, ReceivedAt, UnusableLetter};
 use crate::supabase::{DeadLetterKind, EncodedJob, NewDeadLetter};
 
+/// Why a message is dead-lettered, twice: as `dlq_jobs.error` keeps it, beside the payload, with
+/// the values at fault; and as a log line at the default level may show it, without them.
+pub(super) struct Reason {
+    pub stored: String,
+    pub logged: String,
+}
+
 /// What a write to Supabase came to for one message.
 pub(super) enum Delivery {
     Written(Outcome),
@@ -79,7 +86,7 @@ impl Inner {
                             payload,
                             Some(&job.message_sid),
                             received_at,
-                            e.to_string(),
+                            Reason { stored: e.with_details(), logged: e.to_string() },
                             DeadLetterKind::Rejected,
                             until,
                         )
@@ -91,17 +98,18 @@ impl Inner {
         deliveries.into_iter().map(|d| d.expect("every range is resolved")).collect()
     }
 
-    /// Dead-letters one letter with `error`, retrying what is worth retrying until `until`.
+    /// Dead-letters one letter for `reason`, retrying what is worth retrying until `until`.
     pub(super) async fn dead_letter_with(
         &self,
         payload: &Value,
         message_sid: Option<&str>,
         received_at: ReceivedAt,
-        error: String,
+        reason: Reason,
         kind: DeadLetterKind,
         until: Instant,
     ) -> Delivery {
-        let letter = NewDeadLetter::new(message_sid, payload, error, kind).received_at(received_at.to_rfc3339());
+        let letter =
+            NewDeadLetter::new(message_sid, payload, reason.stored, kind).received_at(received_at.to_rfc3339());
         let written = retry::until(until, |timeout| {
             let letters = std::slice::from_ref(&letter);
             async move { self.supabase.insert_dead_letters(letters, timeout).await }
@@ -109,7 +117,8 @@ impl Inner {
         .await;
         match written {
             Ok(()) => {
-                tracing::warn!(message_sid, error = %letter.error, kind = kind.as_str(), "dead-lettered");
+                tracing::warn!(message_sid, reason = %reason.logged, kind = kind.as_str(), "dead-lettered");
+                tracing::debug!(message_sid, error = %letter.error, "dead letter's error as stored");
                 metrics::counter!("dlq_inserts_total", "kind" => kind.as_str()).increment(1);
                 Delivery::Written(Outcome::DeadLettered)
             }
@@ -121,12 +130,12 @@ impl Inner {
     }
 
     pub(super) async fn dead_letter(&self, letter: &UnusableLetter, until: Instant) -> Delivery {
-        let why = letter.why.to_string();
+        let reason = Reason { stored: letter.why.detail(), logged: letter.why.to_string() };
         self.dead_letter_with(
             &letter.payload,
             letter.message_sid.as_deref(),
             letter.received_at,
-            why,
+            reason,
             DeadLetterKind::Unusable,
             until,
         )

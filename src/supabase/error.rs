@@ -2,6 +2,8 @@ use std::borrow::Cow;
 
 use serde::Deserialize;
 
+use crate::text;
+
 /// What went wrong talking to Supabase, split by [`Error::is_transient`] into what is worth
 /// retrying and what is not.
 #[derive(Debug, thiserror::Error)]
@@ -10,11 +12,16 @@ pub enum Error {
     Transport(#[source] reqwest::Error),
     #[error("Supabase did not answer within {0:?}")]
     Timeout(std::time::Duration),
+    /// PostgreSQL's `details` (`Failing row contains (…)`, `Key (user_id)=(…)`) quote the row, with
+    /// its phone number and body: they are kept apart from the message, which is what is logged.
     #[error("PostgREST answered {status}{}: {message}", code.as_deref().map(|c| format!(" ({c})")).unwrap_or_default())]
     Api {
         status: u16,
         code: Option<String>,
+        /// PostgREST's message and hint, clipped.
         message: String,
+        /// PostgreSQL's details, clipped: for a dead letter's `error` and debug logs only.
+        details: Option<String>,
         /// How long the server asked us to wait before trying again.
         retry_after: Option<std::time::Duration>,
     },
@@ -42,25 +49,33 @@ impl Error {
         match serde_json::from_slice::<ApiBody>(body) {
             Ok(api) if api.code.is_some() || api.message.is_some() => {
                 let mut message = api.message.unwrap_or_default();
-                for extra in [api.details, api.hint].into_iter().flatten() {
+                if let Some(hint) = api.hint {
                     message.push_str("; ");
-                    message.push_str(&extra);
+                    message.push_str(&hint);
                 }
-                Error::Api { status, code: api.code, message, retry_after: None }
+                let message = text::snippet(message.as_bytes(), MAX_MESSAGE);
+                let details = api.details.map(|d| text::snippet(d.as_bytes(), MAX_MESSAGE));
+                Error::Api { status, code: api.code, message, details, retry_after: None }
             }
             // Cloudflare's and proxies' error pages are HTML: the status still tells an outage
             // (5xx) from a refusal, and the rest is not PostgREST speaking.
-            _ if status >= 500 => Error::Api { status, code: None, message: snippet(body), retry_after: None },
+            _ if status >= 500 => {
+                Error::Api { status, code: None, message: snippet(body), details: None, retry_after: None }
+            }
             // A body past the gateway's limit: whoever wrote the page, the request is at fault, and
             // it would be refused unchanged for ever. Not transient, so a batch is split.
-            _ if status == 413 => Error::Api { status, code: None, message: snippet(body), retry_after: None },
+            _ if status == 413 => {
+                Error::Api { status, code: None, message: snippet(body), details: None, retry_after: None }
+            }
             _ => Error::Unexpected(format!("{status} with {}", snippet(body))),
         }
     }
 
     pub(crate) fn with_retry_after(self, wait: Option<std::time::Duration>) -> Self {
         match self {
-            Error::Api { status, code, message, .. } => Error::Api { status, code, message, retry_after: wait },
+            Error::Api { status, code, message, details, .. } => {
+                Error::Api { status, code, message, details, retry_after: wait }
+            }
             other => other,
         }
     }
@@ -142,6 +157,16 @@ impl Error {
         matches!(self, Error::Api { code: Some(code), .. } if code == "23503")
     }
 
+    /// The error with PostgreSQL's details, for a dead letter's `error`, which sits beside the
+    /// payload it quotes; bounded, as every part of it is clipped. Never for a log line at the
+    /// default level: the details quote the row.
+    pub fn with_details(&self) -> String {
+        match self {
+            Error::Api { details: Some(details), .. } => format!("{self}; details: {details}"),
+            _ => self.to_string(),
+        }
+    }
+
     /// A short label for metrics: the HTTP status, or what happened instead.
     pub fn label(&self) -> Cow<'static, str> {
         match self {
@@ -154,9 +179,12 @@ impl Error {
     }
 }
 
-/// At most 300 bytes of a body, for an error message.
+/// The most of a message, a detail or a body that an error keeps.
+const MAX_MESSAGE: usize = 300;
+
+/// The start of a body that is not PostgREST's, for an error message.
 fn snippet(body: &[u8]) -> String {
-    String::from_utf8_lossy(&body[..body.len().min(300)]).into_owned()
+    text::snippet(body, MAX_MESSAGE)
 }
 
 #[cfg(test)]
@@ -236,11 +264,29 @@ mod tests {
     }
 
     #[test]
-    fn the_message_keeps_code_details_and_hint() {
+    fn the_message_keeps_code_and_hint() {
         let e = api(
             403,
             r#"{"code":"42501","message":"permission denied for table jobs","details":null,"hint":"grant it"}"#,
         );
         assert_eq!(e.to_string(), "PostgREST answered 403 (42501): permission denied for table jobs; grant it");
+    }
+
+    #[test]
+    fn the_details_that_quote_a_row_stay_out_of_the_message() {
+        let e = api(
+            400,
+            r#"{"code":"23514","message":"new row for relation \"jobs\" violates check constraint \"c\"","details":"Failing row contains (+14155550100, my secret body)","hint":null}"#,
+        );
+        assert!(!e.to_string().contains("+14155550100") && !e.to_string().contains("secret"), "{e}");
+        assert!(e.with_details().contains("Failing row contains (+14155550100"), "{}", e.with_details());
+    }
+
+    #[test]
+    fn every_part_of_an_error_is_bounded() {
+        let huge = "x".repeat(200_000);
+        let e = api(409, &serde_json::json!({"code": "23503", "message": huge, "details": huge}).to_string());
+        assert!(e.with_details().len() < 1_000, "{}", e.with_details().len());
+        assert!(api(404, &huge).to_string().len() < 400);
     }
 }

@@ -526,7 +526,7 @@ impl Expect {
 
 /// At most 120 characters of something an upstream sent, for an error message.
 fn clip(text: &str) -> &str {
-    crate::clip(text, 120)
+    crate::text::clip(text, 120)
 }
 
 /// The positions an ingest function reported as already having a job; none when it said nothing.

@@ -167,7 +167,7 @@ fn claimed_account(path_and_query: &str, body: &[u8]) -> Option<String> {
 
 /// At most 64 characters of something a client sent, for a refusal that is logged.
 fn clip(text: &str) -> String {
-    crate::clip(text, 64).to_owned()
+    crate::text::clip(text, 64).to_owned()
 }
 
 #[cfg(test)]

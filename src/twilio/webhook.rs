@@ -91,7 +91,9 @@ pub enum Webhook {
     },
 }
 
-/// Why a signed webhook cannot become a job. Such a message is dead-lettered, never dropped.
+/// Why a signed webhook cannot become a job. Such a message is dead-lettered, never dropped. What
+/// it displays is fit for a log line: no value a client sent but a param's name. [`Unusable::detail`]
+/// adds the offending value, clipped, for the dead letter.
 #[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
 pub enum Unusable {
     #[error("no MessageSid: the webhook has no message id")]
@@ -99,17 +101,30 @@ pub enum Unusable {
     /// Twilio's SIDs have one shape. Since the signature joins keys and values with no separator,
     /// a boundary moved in a captured request (`MessageSid=SM…NumMedia0`) keeps it valid: a
     /// value of another shape was not written by Twilio.
-    #[error("{field} is not a Twilio SID ({expected}): {value:?}")]
+    #[error("{field} is not a Twilio SID ({expected})")]
     MalformedSid { field: &'static str, expected: &'static str, value: String },
     /// PostgreSQL's text and jsonb cannot hold U+0000.
     #[error("param {0:?} holds a NUL character, which the database cannot store")]
     NulCharacter(String),
     #[error("no sender: {0} is missing")]
     MissingSender(&'static str),
-    #[error("{field} is not a phone number: {value:?}")]
+    #[error("{field} is not a phone number")]
     NotAPhoneNumber { field: &'static str, value: String },
     #[error("no ConversationSid on a Conversations webhook")]
     MissingConversationSid,
+}
+
+impl Unusable {
+    /// The reason with the value at fault, clipped: for the dead letter's `error`, which sits
+    /// beside the payload that holds the value whole. Never for a log line.
+    pub fn detail(&self) -> String {
+        match self {
+            Unusable::MalformedSid { value, .. } | Unusable::NotAPhoneNumber { value, .. } => {
+                format!("{self}: {value:?}")
+            }
+            _ => self.to_string(),
+        }
+    }
 }
 
 /// The message id under any of the names Twilio has given it, if it has a SID's shape: safe to
@@ -144,7 +159,7 @@ fn sid<'a>(
 
 /// At most 64 characters of a value, for an error that is logged and stored.
 fn clip(value: &str) -> String {
-    crate::clip(value, 64).to_owned()
+    crate::text::clip(value, 64).to_owned()
 }
 
 pub fn parse(params: &Params) -> Result<Webhook, Unusable> {
@@ -182,7 +197,7 @@ fn parse_messaging(params: &Params) -> Result<Webhook, Unusable> {
     sid(params, "AccountSid", &["AC"], "AC")?;
     let from = params.non_blank("From").ok_or(Unusable::MissingSender("From"))?;
     let user_phone =
-        E164::parse_address(from).ok_or_else(|| Unusable::NotAPhoneNumber { field: "From", value: from.to_owned() })?;
+        E164::parse_address(from).ok_or_else(|| Unusable::NotAPhoneNumber { field: "From", value: clip(from) })?;
     Ok(Webhook::Message(InboundMessage {
         kind: Kind::Dm,
         message_sid: message_sid.to_owned(),
@@ -216,7 +231,7 @@ fn parse_conversations(params: &Params) -> Result<InboundMessage, Unusable> {
     sid(params, "AccountSid", &["AC"], "AC")?;
     let author = params.non_blank("Author").ok_or(Unusable::MissingSender("Author"))?;
     let user_phone = E164::parse_address(author)
-        .ok_or_else(|| Unusable::NotAPhoneNumber { field: "Author", value: author.to_owned() })?;
+        .ok_or_else(|| Unusable::NotAPhoneNumber { field: "Author", value: clip(author) })?;
     Ok(InboundMessage {
         kind: Kind::Group,
         message_sid: message_sid.to_owned(),

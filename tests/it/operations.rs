@@ -540,3 +540,62 @@ kill -TERM $pid; wait $pid
     assert!(printed.contains("not ready:"), "{printed}");
     assert!(printed.contains("readyz exit 1"), "{printed}");
 }
+
+/// At the default level the logs hold no phone number, no message body and no unbounded text a
+/// client sent, whatever goes wrong: a row the database refuses (PostgreSQL quotes it whole in
+/// `details`), a sender that is not a phone (a 200 KB one), a sender unknown to the database. The
+/// dead letters keep what an operator needs, bounded.
+#[tokio::test]
+async fn default_logs_hold_no_phone_number_body_or_unbounded_client_text() {
+    let stack = devstack::Stack::start(Grants::None).unwrap();
+    // A rule that refuses one body, so that PostgreSQL answers "Failing row contains (…)".
+    stack
+        .execute(
+            "alter table jobs add constraint refuse_marked check (payload->>'Body' is distinct from 'REFUSE-ME-7261')",
+        )
+        .unwrap();
+    let spool = temp_dir("spool");
+    let port = devstack::free_port();
+    let service = service_command(&stack.url(), KeyKind::Secret, &spool, port)
+        .env("LOG_FORMAT", "json")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    tokio::task::spawn_blocking(move || wait_for_listener(port)).await.unwrap();
+    let phone = unique_phone();
+    let huge_sender = format!("+1{}", "9".repeat(200_000));
+    let messages = [
+        sms(&phone, "REFUSE-ME-7261"),
+        sms(&huge_sender, "BODY-OF-A-NONPHONE-SENDER"),
+        sms(&format!("whatsapp:{phone}"), "an ordinary private message body"),
+    ];
+    let client = reqwest::Client::new();
+    for params in &messages {
+        let answer = client
+            .post(format!("http://127.0.0.1:{port}{}", twilio_ingest::WEBHOOK_PATH))
+            .header("Content-Type", "application/x-www-form-urlencoded")
+            .header("X-Twilio-Signature", sign(params))
+            .body(form(params))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 200);
+    }
+    let stopped = Command::new("kill").args(["-TERM", &service.id().to_string()]).status().unwrap();
+    assert!(stopped.success());
+    let out = tokio::task::spawn_blocking(move || service.wait_with_output()).await.unwrap().unwrap();
+    let logs = String::from_utf8_lossy(&out.stderr);
+    assert!(logs.contains("dead-lettered"), "the scenario dead-lettered nothing:\n{logs}");
+    let digits = phone.trim_start_matches('+');
+    for line in logs.lines() {
+        assert!(line.len() < 2_048, "a log line of {} bytes", line.len());
+        for secret in [digits, "REFUSE-ME", "private message body", "BODY-OF-A-NONPHONE", "99999999"] {
+            assert!(!line.contains(secret), "{secret:?} reached the log:\n{line}");
+        }
+    }
+    // The dead letters say why, with the row's details, and bounded.
+    let errors = stack.query("select error from dlq_jobs order by created_at").unwrap();
+    assert_eq!(errors.len(), 2, "{errors:?}");
+    assert!(errors.iter().flatten().any(|e| e.contains("Failing row contains")), "{errors:?}");
+    assert!(errors.iter().flatten().all(|e| e.len() < 1_024), "{errors:?}");
+}
