@@ -14,6 +14,10 @@ use crate::{spool, Config, WEBHOOK_PATH};
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 const PUSH_HINT: &str = "push the migrations: `supabase link --project-ref <ref>` then `supabase db push --remote`";
+/// The functions are in the database, but PostgREST does not know them: its schema cache is older
+/// than the migration (a self-hosted PostgREST without Supabase's reload triggers, say).
+const RELOAD_HINT: &str = "the functions are in the database but not in PostgREST's schema cache: reload it with \
+     `NOTIFY pgrst, 'reload schema';` (the SQL editor), or restart PostgREST";
 
 /// What `check` found: one line a finding, and how many of them are problems.
 #[derive(Debug, Default)]
@@ -63,8 +67,11 @@ pub async fn check(config: &Config) -> CheckReport {
         }
         Err(e) => report.problem(format!("security: PROBLEM: cannot read the schema report ({e}); {}", e.hint())),
     }
+    // The functions the database has, whatever PostgREST's schema cache says.
+    let mut in_database: Vec<String> = Vec::new();
     match supabase.function_report(TIMEOUT).await {
         Ok(functions) => {
+            in_database = functions.iter().map(|f| f.function_name.clone()).collect();
             let open: Vec<String> = functions
                 .iter()
                 .filter(|f| !f.public_role_privileges.is_empty())
@@ -96,9 +103,13 @@ pub async fn check(config: &Config) -> CheckReport {
     ];
     let failed: Vec<String> =
         ingest.iter().filter_map(|(name, r)| r.as_ref().err().map(|e| format!("{name} ({e})"))).collect();
-    match ingest.iter().find_map(|(_, r)| r.as_ref().err()) {
+    match ingest.iter().find_map(|(name, r)| r.as_ref().err().map(|e| (name, e))) {
         None => report.ok("ingest: ok (ingest_batch and ingest_jobs answer)".into()),
-        Some(e) => report.problem(format!("ingest: PROBLEM: cannot call {}; {}", failed.join(", "), e.hint())),
+        Some((name, e)) => {
+            let stale = e.is_missing_from_schema_cache() && in_database.iter().any(|f| f == name);
+            let hint = if stale { RELOAD_HINT } else { e.hint() };
+            report.problem(format!("ingest: PROBLEM: cannot call {}; {hint}", failed.join(", ")))
+        }
     }
     // Read without taking the spool from a service that may be running on this machine.
     let dir = &config.spool_dir;

@@ -127,6 +127,12 @@ impl Error {
         )
     }
 
+    /// PostgREST's own word that its schema cache lacks the function or table; PostgreSQL's
+    /// (`42883`, `42P01`) says the database lacks it.
+    pub fn is_missing_from_schema_cache(&self) -> bool {
+        matches!(self, Error::Api { code: Some(code), .. } if matches!(code.as_str(), "PGRST202" | "PGRST205"))
+    }
+
     /// What an operator should do about this error, in one sentence.
     pub fn hint(&self) -> &'static str {
         match self {

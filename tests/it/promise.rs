@@ -353,4 +353,41 @@ async fn dlq_replay_makes_progress_past_letters_that_keep_failing() {
         let (ok, refused) = run(&["dlq", "replay", &format!("--limit={bad}")]);
         assert!(!ok && refused.contains("not a number from 1 to 10000"), "--limit {bad}: {refused}");
     }
+
+    // The exit codes follow convention: 1 while letters still fail, 2 for a command used wrongly
+    // (checked before anything is sent), 0 once nothing is left to do.
+    let exit = |args: &[&str]| {
+        let out = service_command(&stack.url(), KeyKind::Secret, &spool, devstack::free_port())
+            .env("LOG_FORMAT", "json")
+            .args(args)
+            .output()
+            .unwrap();
+        let printed = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+        // A person runs these: no JSON log line beside the output, whatever LOG_FORMAT says.
+        assert!(!printed.lines().any(|l| l.starts_with('{')), "{args:?} printed JSON logs:\n{printed}");
+        (out.status.code(), printed)
+    };
+    let (code, printed) = exit(&["dlq", "replay"]);
+    assert_eq!(code, Some(1), "replay with letters still failing: {printed}");
+    assert!(printed.contains("still failing 1000"), "{printed}");
+    for usage in [
+        &["dlq", "discard"][..],
+        &["dlq", "discard", "--id", "not-a-uuid"],
+        &["jobs", "retry"],
+        &["jobs", "retry", "--id", "not-a-uuid"],
+    ] {
+        let (code, printed) = exit(usage);
+        assert_eq!(code, Some(2), "{usage:?}: {printed}");
+    }
+    let (code, printed) = exit(&["dlq", "discard", "--unusable"]);
+    assert_eq!(code, Some(0), "{printed}");
+    assert!(printed.contains("discarded 1005 dead letter(s)"), "{printed}");
+    let (code, printed) = exit(&["dlq", "list"]);
+    assert_eq!(code, Some(0), "{printed}");
+    assert!(
+        printed.contains("\n0 dead letter(s) waiting") || printed.starts_with("0 dead letter(s) waiting"),
+        "{printed}"
+    );
+    // The replayed letters are kept: they are the record of what was re-driven.
+    assert_eq!(count(&stack, "select count(*) from dlq_jobs where replayed_at is not null"), 5);
 }

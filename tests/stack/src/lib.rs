@@ -1,5 +1,5 @@
 //! A local Supabase-like stack of real parts for tests, benchmarks and local runs: PostgreSQL 17
-//! with a hosted project's roles (a `supabase_admin` superuser, `postgres` not one) and its
+//! (or the `PG_MAJOR` that `scripts/test` names) with a hosted project's roles (a `supabase_admin` superuser, `postgres` not one) and its
 //! schema-reload event triggers, the project's migrations pushed by the real Supabase CLI, PostgREST
 //! 12, and an nginx gateway that behaves like Supabase's (`/rest/v1/`, `apikey` required,
 //! `sb_secret_…` swapped for a service_role JWT). Everything binds 127.0.0.1 on free ports and dies
@@ -410,6 +410,12 @@ impl Stack {
         execute_at(self.db_url(), sql)
     }
 
+    /// Runs SQL as `supabase_admin`, the superuser a hosted project keeps to itself: for a test
+    /// that must change what only it may (event triggers, say).
+    pub fn execute_as_admin(&self, sql: &str) -> Result<()> {
+        execute_at(self.admin_url(), sql)
+    }
+
     /// Runs a query as `postgres` and returns the first column of each row as text.
     pub fn query(&self, sql: &str) -> Result<Vec<Option<String>>> {
         Ok(self.query_rows(sql)?.into_iter().map(|row| row.into_iter().next().flatten()).collect())
@@ -499,19 +505,25 @@ impl Drop for Stack {
     }
 }
 
+/// The PostgreSQL major version stacks run: `PG_MAJOR` (as `scripts/test` sets it), 17 by default,
+/// the hosted projects' major.
+pub fn pg_major() -> String {
+    std::env::var("PG_MAJOR").ok().filter(|v| !v.trim().is_empty()).unwrap_or_else(|| "17".into())
+}
+
 impl Bins {
     /// The binaries `scripts/install-deps` puts in `.tools/`, or those the environment names.
     fn find() -> Result<Bins> {
         let tool = |var: &str, default: PathBuf| std::env::var_os(var).map(PathBuf::from).unwrap_or(default);
         let tools = repo_root().join(".tools");
         let bins = Bins {
-            pg: tool("PG_BIN", tools.join("pg17/bin")),
+            pg: tool("PG_BIN", tools.join(format!("pg{}/bin", pg_major()))),
             postgrest: tool("POSTGREST_BIN", tools.join("postgrest")),
             nginx: tool("NGINX_BIN", PathBuf::from("/usr/sbin/nginx")),
             supabase: tool("SUPABASE_BIN", tools.join("supabase")),
         };
         for (what, path) in [
-            ("PostgreSQL 17", bins.pg.join("postgres")),
+            ("PostgreSQL", bins.pg.join("postgres")),
             ("PostgREST", bins.postgrest.clone()),
             ("nginx", bins.nginx.clone()),
             ("the Supabase CLI", bins.supabase.clone()),
