@@ -283,15 +283,19 @@ async fn check_ingest_line(config: &twilio_ingest::Config, contains: &str) -> St
 async fn check_tells_a_stale_schema_cache_from_a_migration_not_pushed() {
     let stack = Stack::start(Grants::None).unwrap();
     let config = config(&stack.url(), KeyKind::Secret, &temp_dir("spool"), &[]);
-    // A migration not pushed: the function is not in the database, nor in the cache.
-    stack.execute("alter function public.ingest_jobs(jsonb) rename to ingest_jobs_hidden").unwrap();
-    let line = check_ingest_line(&config, "PROBLEM").await;
-    assert!(line.contains("ingest_jobs") && line.contains("supabase db push --remote"), "{line}");
-    // A stale cache: the function is back, and nothing tells PostgREST (no reload triggers, as on
-    // a self-hosted PostgREST without them).
+    // No reload triggers (as on a self-hosted PostgREST without them): the cache changes only
+    // when told to, so each state below is the one the test made.
     stack
         .execute_as_admin("alter event trigger pgrst_ddl_watch disable; alter event trigger pgrst_drop_watch disable")
         .unwrap();
+    // A migration not pushed: the function is not in the database, nor (once reloaded) in the
+    // cache, which PostgREST says with PGRST202.
+    stack
+        .execute("alter function public.ingest_jobs(jsonb) rename to ingest_jobs_hidden; notify pgrst, 'reload schema'")
+        .unwrap();
+    let line = check_ingest_line(&config, "PGRST202").await;
+    assert!(line.contains("ingest_jobs") && line.contains("supabase db push --remote"), "{line}");
+    // A stale cache: the function is back in the database, and PostgREST is not told.
     stack.execute("alter function public.ingest_jobs_hidden(jsonb) rename to ingest_jobs").unwrap();
     let line = check_ingest_line(&config, "PROBLEM").await;
     assert!(line.contains("NOTIFY pgrst, 'reload schema'") && !line.contains("db push"), "{line}");
