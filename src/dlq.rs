@@ -67,7 +67,7 @@ async fn redrive(supabase: &Supabase, letter: DeadLetter, report: &mut RedriveRe
             Classified::Ignored => Ok(()),
             Classified::Unusable(letter) => Err(letter.why.to_string()),
             Classified::Job { job, .. } => {
-                supabase.ingest_batch(&[&job], TIMEOUT).await.map(drop).map_err(|e| e.to_string())
+                supabase.ingest_inbound(&[&job], TIMEOUT).await.map(drop).map_err(|e| e.to_string())
             }
         },
     };

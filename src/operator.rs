@@ -53,7 +53,7 @@ pub async fn check(config: &Config) -> CheckReport {
         Err((what, e)) => report.problem(format!("supabase: PROBLEM with {what}: {e}\n  {}", e.hint())),
     }
     match supabase.schema_report(TIMEOUT).await {
-        Ok(tables) if tables.len() == 3 => {
+        Ok(tables) if tables.len() == crate::supabase::TABLES.len() => {
             let found: Vec<String> = tables.iter().flat_map(|t| t.problems()).collect();
             if found.is_empty() {
                 report.ok("security: ok (RLS on, service_role granted, anon and authenticated granted nothing)".into());
@@ -62,9 +62,11 @@ pub async fn check(config: &Config) -> CheckReport {
                 report.problem(format!("security: PROBLEM: {problem}"));
             }
         }
-        Ok(tables) => {
-            report.problem(format!("security: PROBLEM: expected 3 tables, found {}; {PUSH_HINT}", tables.len()))
-        }
+        Ok(tables) => report.problem(format!(
+            "security: PROBLEM: expected {} tables, found {}; {PUSH_HINT}",
+            crate::supabase::TABLES.len(),
+            tables.len()
+        )),
         Err(e) => report.problem(format!("security: PROBLEM: cannot read the schema report ({e}); {}", e.hint())),
     }
     // The functions the database has, whatever PostgREST's schema cache says.
@@ -98,13 +100,13 @@ pub async fn check(config: &Config) -> CheckReport {
     // The very calls batches make, with nothing in them: proves the functions are there and the
     // key may run them, through the gateway, the way the service will. Both are reported.
     let ingest = [
-        ("ingest_batch", supabase.ingest_batch(&[], TIMEOUT).await),
+        ("ingest_inbound", supabase.ingest_inbound(&[], TIMEOUT).await),
         ("ingest_jobs", supabase.ingest_jobs(&[], TIMEOUT).await),
     ];
     let failed: Vec<String> =
         ingest.iter().filter_map(|(name, r)| r.as_ref().err().map(|e| format!("{name} ({e})"))).collect();
     match ingest.iter().find_map(|(name, r)| r.as_ref().err().map(|e| (name, e))) {
-        None => report.ok("ingest: ok (ingest_batch and ingest_jobs answer)".into()),
+        None => report.ok("ingest: ok (ingest_inbound and ingest_jobs answer)".into()),
         Some((name, e)) => {
             let stale = e.is_missing_from_schema_cache() && in_database.iter().any(|f| f == name);
             let hint = if stale { RELOAD_HINT } else { e.hint() };

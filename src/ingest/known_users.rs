@@ -1,7 +1,9 @@
-//! The users Supabase is known to hold, so that a batch of their messages can skip the users
-//! upsert (`ingest_jobs` instead of `ingest_batch`).
+//! The users Supabase is known to hold, by phone, so that a batch of messages from phones alone
+//! (SMS, WhatsApp without a BSUID) can skip resolving its senders (`ingest_jobs` instead of
+//! `ingest_inbound`). A message that carries any other address always resolves, so that the
+//! address is linked.
 //!
-//! Learnt only from batches that went through `ingest_batch`, which leaves every user of the batch
+//! Learnt only from batches that went through `ingest_inbound`, which leaves every user of the batch
 //! stored, and named if any of its messages brought a name. Trusted for `ttl` only, because other
 //! hands may change `users`: a user deleted meanwhile shows up at once as a foreign key refusal,
 //! and the caller forgets it and sends the batch again with its users; a user whose name was
@@ -37,26 +39,29 @@ impl KnownUsers {
         let now = Instant::now();
         let users = self.users.lock().expect("no panic while holding the lock");
         jobs.iter().all(|job| {
-            users.get(&job.user_phone).is_some_and(|known| self.fresh(known, now) && (known.named || !job.names_user))
+            job.phone_only
+                .as_ref()
+                .and_then(|phone| users.get(phone))
+                .is_some_and(|known| self.fresh(known, now) && (known.named || !job.names_user))
         })
     }
 
-    /// Records that `ingest_batch` stored the users of `jobs`.
+    /// Records that `ingest_inbound` stored the users of `jobs`.
     pub fn learn(&self, jobs: &[&EncodedJob]) {
         if self.capacity == 0 {
             return;
         }
         let now = Instant::now();
         let mut users = self.users.lock().expect("no panic while holding the lock");
-        for job in jobs {
-            if users.len() >= self.capacity && !users.contains_key(&job.user_phone) {
+        for (job, phone) in jobs.iter().filter_map(|job| Some((job, job.phone_only.as_ref()?))) {
+            if users.len() >= self.capacity && !users.contains_key(phone) {
                 users.retain(|_, known| self.fresh(known, now));
                 if users.len() >= self.capacity {
                     // Memory stays bounded; forgetting everyone costs each of them one upsert.
                     users.clear();
                 }
             }
-            let known = users.entry(job.user_phone.clone()).or_insert(Known { named: false, learnt: now });
+            let known = users.entry(phone.clone()).or_insert(Known { named: false, learnt: now });
             // What was learnt before this batch counts only while it is fresh.
             known.named = (known.named && self.fresh(known, now)) || job.names_user;
             known.learnt = now;
@@ -66,8 +71,8 @@ impl KnownUsers {
     /// Forgets the users of `jobs`, after Supabase said one of them is not stored.
     pub fn forget(&self, jobs: &[&EncodedJob]) {
         let mut users = self.users.lock().expect("no panic while holding the lock");
-        for job in jobs {
-            users.remove(&job.user_phone);
+        for phone in jobs.iter().filter_map(|job| job.phone_only.as_ref()) {
+            users.remove(phone);
         }
     }
 
@@ -87,10 +92,14 @@ mod tests {
         let payload = serde_json::json!({});
         NewJob {
             message_sid: "SM1",
-            user_phone: phone,
+            user_phone: Some(phone),
+            bsuid: None,
+            parent_bsuid: None,
+            chat: None,
             first_name,
             source_type: "dm",
             source_channel_id: phone,
+            channel_prefix: Some(""),
             content_type: "text",
             payload: &payload,
             received_at_us: 0,
@@ -99,10 +108,34 @@ mod tests {
     }
 
     #[test]
-    fn a_user_never_stored_through_ingest_batch_is_not_known() {
+    fn a_user_never_stored_through_ingest_inbound_is_not_known() {
         let known = KnownUsers::new(10, HOUR);
         assert!(!known.all_stored_and_named(&[&job("+15550000001", None)]));
         assert!(known.all_stored_and_named(&[]), "an empty batch has no user to upsert");
+    }
+
+    #[test]
+    fn a_message_with_a_bsuid_always_resolves_its_sender() {
+        let known = KnownUsers::new(10, HOUR);
+        let payload = serde_json::json!({});
+        let with_bsuid = NewJob {
+            message_sid: "SM2",
+            user_phone: Some("+15550000001"),
+            bsuid: Some("US.1"),
+            parent_bsuid: None,
+            chat: None,
+            first_name: None,
+            source_type: "dm",
+            source_channel_id: "whatsapp:+15550000001",
+            channel_prefix: Some("whatsapp:"),
+            content_type: "text",
+            payload: &payload,
+            received_at_us: 0,
+        }
+        .encode();
+        known.learn(&[&with_bsuid, &job("+15550000001", None)]);
+        assert!(!known.all_stored_and_named(&[&with_bsuid]), "its BSUID may need linking");
+        assert!(known.all_stored_and_named(&[&job("+15550000001", None)]));
     }
 
     #[test]

@@ -30,7 +30,7 @@ pub use self::replay::SpoolDrainReport;
 use self::store::Delivery;
 use crate::spool::Spool;
 use crate::supabase::{EncodedJob, NewJob, Supabase};
-use crate::twilio::{webhook, InboundMessage, Params, Unusable, Webhook};
+use crate::twilio::{webhook, Channel, InboundMessage, Params, Unusable, Webhook};
 
 /// Time kept back from a request's deadline for writing the spool if Supabase does not answer.
 const SPOOL_RESERVE: Duration = Duration::from_millis(250);
@@ -254,12 +254,21 @@ pub(crate) fn classify(params: &Params, received_at: ReceivedAt) -> Classified {
             Classified::Ignored
         }
         Ok(Webhook::Message(message)) => {
+            let sender = &message.sender;
+            let (source_channel_id, channel_prefix) = match &message.channel {
+                Channel::Direct { prefix } => (params.non_blank("From").unwrap_or_default(), Some(prefix.as_str())),
+                Channel::Conversation(sid) => (sid.as_str(), None),
+            };
             let job = NewJob {
                 message_sid: &message.message_sid,
-                user_phone: message.user_phone.as_str(),
+                user_phone: sender.phone_number().map(|p| p.as_str()),
+                bsuid: sender.business_id().map(|b| b.as_str()),
+                parent_bsuid: sender.parent_id().map(|b| b.as_str()),
+                chat: sender.chat_identity(),
                 first_name: message.first_name.as_deref(),
                 source_type: message.kind.as_str(),
-                source_channel_id: &message.channel,
+                source_channel_id,
+                channel_prefix,
                 content_type: message.content_type.as_str(),
                 payload: &payload,
                 received_at_us: received_at.as_micros(),

@@ -43,7 +43,7 @@ impl Inner {
                     if skip_users {
                         self.supabase.ingest_jobs(chunk, timeout).await
                     } else {
-                        self.supabase.ingest_batch(chunk, timeout).await
+                        self.supabase.ingest_inbound(chunk, timeout).await
                     }
                 }
             })

@@ -17,9 +17,9 @@ pub use error::Error;
 pub use key::ServiceKey;
 
 /// The tables the service needs; `readyz` and `check` confirm each is reachable with the key.
-pub const TABLES: [&str; 3] = ["users", "jobs", "dlq_jobs"];
+pub const TABLES: [&str; 4] = ["users", "jobs", "dlq_jobs", "user_identities"];
 
-/// Set by `ingest_batch` and `ingest_jobs` only when some of a batch's messages already had a job:
+/// Set by `ingest_inbound` and `ingest_jobs` only when some of a batch's messages already had a job:
 /// their positions in the batch, comma-separated.
 const DUPLICATES_HEADER: &str = "x-ingest-duplicates";
 
@@ -33,7 +33,10 @@ struct Answer {
 #[derive(Clone, Debug)]
 pub struct EncodedJob {
     pub message_sid: String,
-    pub user_phone: String,
+    /// The sender's phone, when the message is from a phone and nothing else (an SMS, a WhatsApp
+    /// message without a BSUID): such a job may go through `ingest_jobs`, keyed by phone, once its
+    /// user is known to be stored.
+    pub phone_only: Option<String>,
     /// When the webhook arrived, in microseconds since the Unix epoch.
     pub received_at_us: i64,
     /// The job brings a first name for its user.
@@ -41,13 +44,27 @@ pub struct EncodedJob {
     json: String,
 }
 
+/// A job as `ingest_inbound` takes it: the sender by every address the message carries, which
+/// the database resolves to one user.
 #[derive(Serialize)]
 pub struct NewJob<'a> {
     pub message_sid: &'a str,
-    pub user_phone: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user_phone: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bsuid: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parent_bsuid: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub chat: Option<&'a str>,
     pub first_name: Option<&'a str>,
     pub source_type: &'a str,
+    /// A group's `ConversationSid`; for a direct message, `From` (the database makes the channel
+    /// from `channel_prefix` and the user's key).
     pub source_channel_id: &'a str,
+    /// A direct message's channel prefix: `whatsapp:`, or empty for SMS.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub channel_prefix: Option<&'a str>,
     pub content_type: &'a str,
     pub payload: &'a Value,
     /// Microseconds, not a timestamp string: exact, and cheap for the database to read.
@@ -56,9 +73,13 @@ pub struct NewJob<'a> {
 
 impl NewJob<'_> {
     pub fn encode(&self) -> EncodedJob {
+        let phone_only = match (self.user_phone, self.bsuid, self.parent_bsuid, self.chat) {
+            (Some(phone), None, None, None) => Some(phone.to_owned()),
+            _ => None,
+        };
         EncodedJob {
             message_sid: self.message_sid.to_owned(),
-            user_phone: self.user_phone.to_owned(),
+            phone_only,
             received_at_us: self.received_at_us,
             names_user: self.first_name.is_some(),
             json: serde_json::to_string(self).expect("a job is always serialisable"),
@@ -216,7 +237,7 @@ pub struct Supabase {
     client: reqwest::Client,
     /// The requests batches make, built once by postgrest-rs; each batch clones one and adds its
     /// body, rather than formatting, parsing and merging the same URL and headers again.
-    ingest_batch: Arc<reqwest::Request>,
+    ingest_inbound: Arc<reqwest::Request>,
     ingest_jobs: Arc<reqwest::Request>,
 }
 
@@ -246,8 +267,8 @@ impl Supabase {
                 .expect("SUPABASE_URL was checked to be a valid URL");
             Arc::new(request)
         };
-        let (ingest_batch, ingest_jobs) = (template("ingest_batch"), template("ingest_jobs"));
-        Supabase { rest_url, headers, client, ingest_batch, ingest_jobs }
+        let (ingest_inbound, ingest_jobs) = (template("ingest_inbound"), template("ingest_jobs"));
+        Supabase { rest_url, headers, client, ingest_inbound, ingest_jobs }
     }
 
     fn table(&self, table: &str) -> Builder {
@@ -260,12 +281,12 @@ impl Supabase {
 
     /// Upserts the users and inserts the jobs of one batch in one transaction. Returns the
     /// positions in `jobs` whose MessageSid already had a job before this call.
-    pub async fn ingest_batch(&self, jobs: &[&EncodedJob], timeout: Duration) -> Result<Vec<usize>, Error> {
-        self.ingest("ingest_batch", &self.ingest_batch, jobs, timeout).await
+    pub async fn ingest_inbound(&self, jobs: &[&EncodedJob], timeout: Duration) -> Result<Vec<usize>, Error> {
+        self.ingest("ingest_inbound", &self.ingest_inbound, jobs, timeout).await
     }
 
     /// Inserts the jobs of one batch whose users are all stored and have nothing to add, and
-    /// answers like [`Supabase::ingest_batch`]. A user that is not stored fails the whole batch,
+    /// answers like [`Supabase::ingest_inbound`]. A user that is not stored fails the whole batch,
     /// writing nothing, with [`Error::is_foreign_key_violation`].
     pub async fn ingest_jobs(&self, jobs: &[&EncodedJob], timeout: Duration) -> Result<Vec<usize>, Error> {
         self.ingest("ingest_jobs", &self.ingest_jobs, jobs, timeout).await
@@ -376,7 +397,7 @@ impl Supabase {
     /// failed, so a release that runs ahead of its migration names the function it lacks.
     pub async fn probe(&self, timeout: Duration) -> Result<(), (String, Error)> {
         self.probe_tables(timeout).await?;
-        self.ingest_batch(&[], timeout).await.map_err(|e| ("function ingest_batch".to_owned(), e))?;
+        self.ingest_inbound(&[], timeout).await.map_err(|e| ("function ingest_inbound".to_owned(), e))?;
         self.ingest_jobs(&[], timeout).await.map_err(|e| ("function ingest_jobs".to_owned(), e))?;
         Ok(())
     }
@@ -405,7 +426,7 @@ impl Supabase {
 
     /// The tables half of [`Supabase::probe`]: reads one key from each table.
     pub async fn probe_tables(&self, timeout: Duration) -> Result<(), (String, Error)> {
-        for (table, key) in TABLES.into_iter().zip(["phone_number", "id", "id"]) {
+        for (table, key) in TABLES.into_iter().zip(["id", "id", "id", "user_id"]) {
             // Not limit(0): postgrest-rs computes a range end of limit - 1.
             let request = self.table(table).select(key).limit(1);
             self.send(table, request, None, Expect::Json, timeout).await.map_err(|e| (format!("table {table}"), e))?;

@@ -3,10 +3,12 @@
 
 pub mod credentials;
 mod params;
+pub mod sender;
 pub mod signature;
 pub mod webhook;
 
 pub use credentials::{Credentials, Refusal};
 pub use params::Params;
+pub use sender::{Bsuid, Sender};
 pub use signature::{PublicUrl, SignatureError};
-pub use webhook::{ContentType, InboundMessage, Kind, Unusable, Webhook};
+pub use webhook::{Channel, ContentType, InboundMessage, Kind, Unusable, Webhook};

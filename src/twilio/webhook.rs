@@ -3,6 +3,7 @@
 
 use serde_json::Value;
 
+use super::sender::{Bsuid, Sender};
 use super::Params;
 use crate::phone::E164;
 
@@ -68,17 +69,27 @@ impl ContentType {
     }
 }
 
-/// An inbound message, as [`parse`] makes it from a webhook it has checked: only `parse` makes
-/// one, so its fields hold what the checks let through.
+/// An inbound message, as [`parse`] makes it from a webhook it has checked.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct InboundMessage {
     pub kind: Kind,
     pub message_sid: String,
-    pub user_phone: E164,
-    /// The sender for a DM, the `ConversationSid` for a group.
-    pub channel: String,
+    /// Every address the message carries for its sender.
+    pub sender: Sender,
+    pub channel: Channel,
     pub first_name: Option<String>,
     pub content_type: ContentType,
+}
+
+/// Which thread a message belongs to, as far as the webhook tells: the database completes a
+/// direct message's channel with its sender's user key, so that one person's thread is one
+/// channel whichever address WhatsApp sends.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Channel {
+    /// A direct message on the channel `From` names by its prefix: `whatsapp:`, or empty for SMS.
+    Direct { prefix: String },
+    /// A message in a Conversation: its `ConversationSid`.
+    Conversation(String),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -108,8 +119,8 @@ pub enum Unusable {
     NulCharacter(String),
     #[error("no sender: {0} is missing")]
     MissingSender(&'static str),
-    #[error("{field} is not a phone number")]
-    NotAPhoneNumber { field: &'static str, value: String },
+    #[error("{field} is neither a phone number nor a WhatsApp user id")]
+    MalformedSender { field: &'static str, value: String },
     #[error("no ConversationSid on a Conversations webhook")]
     MissingConversationSid,
 }
@@ -119,7 +130,7 @@ impl Unusable {
     /// beside the payload that holds the value whole. Never for a log line.
     pub fn detail(&self) -> String {
         match self {
-            Unusable::MalformedSid { value, .. } | Unusable::NotAPhoneNumber { value, .. } => {
+            Unusable::MalformedSid { value, .. } | Unusable::MalformedSender { value, .. } => {
                 format!("{self}: {value:?}")
             }
             _ => self.to_string(),
@@ -196,16 +207,46 @@ fn parse_messaging(params: &Params) -> Result<Webhook, Unusable> {
     // Not kept (the payload has it), but checked: a spliced request can move a boundary into it.
     sid(params, "AccountSid", &["AC"], "AC")?;
     let from = params.non_blank("From").ok_or(Unusable::MissingSender("From"))?;
-    let user_phone =
-        E164::parse_address(from).ok_or_else(|| Unusable::NotAPhoneNumber { field: "From", value: clip(from) })?;
+    // `From` is the phone while WhatsApp shares it, else the BSUID; `ExternalUserId` carries the
+    // BSUID beside the phone, and `ParentExternalUserId` a portfolio's parent id.
+    let sender = match (E164::parse_address(from), Bsuid::parse(from).filter(|_| from.starts_with("whatsapp:"))) {
+        (Some(phone), _) => Sender::phone(phone),
+        (None, Some(bsuid)) if !bsuid.is_parent() => Sender::bsuid(bsuid),
+        _ => return Err(Unusable::MalformedSender { field: "From", value: clip(from) }),
+    };
+    let sender = match side_id(params, "ExternalUserId") {
+        Some(bsuid) if !bsuid.is_parent() => sender.with_bsuid(bsuid),
+        Some(_) => {
+            tracing::warn!(field = "ExternalUserId", "a parent id where the user's own id goes; ignored");
+            sender
+        }
+        None => sender,
+    };
+    let sender = match side_id(params, "ParentExternalUserId") {
+        Some(parent) => sender.with_parent(parent),
+        None => sender,
+    };
+    let prefix = from.split_once(':').map_or("", |(channel, _)| channel);
     Ok(Webhook::Message(InboundMessage {
         kind: Kind::Dm,
         message_sid: message_sid.to_owned(),
-        channel: from.to_owned(),
-        user_phone,
+        channel: Channel::Direct { prefix: if prefix.is_empty() { String::new() } else { format!("{prefix}:") } },
+        sender,
         first_name: params.non_blank("ProfileName").map(str::to_owned),
         content_type: messaging_content(params),
     }))
+}
+
+/// A BSUID carried beside `From`. One that is malformed costs nothing: the message goes on with
+/// `From` (the payload keeps the value as sent), and the log says which param, never its value.
+fn side_id(params: &Params, field: &'static str) -> Option<Bsuid> {
+    let value = params.non_blank(field)?;
+    let id = Bsuid::parse(value);
+    if id.is_none() {
+        tracing::warn!(field, chars = value.chars().count(), "not a WhatsApp user id; going on with From");
+        tracing::debug!(field, value = clip(value), "the malformed id");
+    }
+    id
 }
 
 fn messaging_content(params: &Params) -> ContentType {
@@ -230,16 +271,35 @@ fn parse_conversations(params: &Params) -> Result<InboundMessage, Unusable> {
     // Not kept (the payload has it), but checked: a spliced request can move a boundary into it.
     sid(params, "AccountSid", &["AC"], "AC")?;
     let author = params.non_blank("Author").ok_or(Unusable::MissingSender("Author"))?;
-    let user_phone = E164::parse_address(author)
-        .ok_or_else(|| Unusable::NotAPhoneNumber { field: "Author", value: clip(author) })?;
+    let sender = conversations_author(author)?;
     Ok(InboundMessage {
         kind: Kind::Group,
         message_sid: message_sid.to_owned(),
-        channel: conversation.to_owned(),
-        user_phone,
+        channel: Channel::Conversation(conversation.to_owned()),
+        sender,
         first_name: None,
         content_type: conversations_content(params),
     })
+}
+
+/// A Conversations `Author`: a phone (with or without its channel's prefix), a WhatsApp address
+/// (`whatsapp:US.…`), `system` (Twilio's own messages: a job with no user, which a bot can skip),
+/// or a chat identity from the Conversations SDKs (`ada.lovelace`, an e-mail address), which is
+/// kept exactly, whatever it holds.
+fn conversations_author(author: &str) -> Result<Sender, Unusable> {
+    if author == "system" {
+        return Ok(Sender::system());
+    }
+    if let Some(phone) = E164::parse_address(author) {
+        return Ok(Sender::phone(phone));
+    }
+    if author.starts_with("whatsapp:") {
+        return match Bsuid::parse(author) {
+            Some(bsuid) if !bsuid.is_parent() => Ok(Sender::bsuid(bsuid)),
+            _ => Err(Unusable::MalformedSender { field: "Author", value: clip(author) }),
+        };
+    }
+    Ok(Sender::chat(author))
 }
 
 fn conversations_content(params: &Params) -> ContentType {
@@ -278,8 +338,8 @@ mod tests {
     fn an_sms_is_a_dm_from_its_sender() {
         let m = message(&[("MessageSid", SM), ("From", "+14155550100"), ("To", "+14155550199"), ("Body", "hi")]);
         assert_eq!(m.kind, Kind::Dm);
-        assert_eq!(m.user_phone.as_str(), "+14155550100");
-        assert_eq!(m.channel, "+14155550100");
+        assert_eq!(m.sender, Sender::phone(E164::parse_address("+14155550100").unwrap()));
+        assert_eq!(m.channel, Channel::Direct { prefix: String::new() });
         assert_eq!(m.content_type, ContentType::Text);
         assert_eq!(m.first_name, None);
     }
@@ -293,8 +353,8 @@ mod tests {
             ("WaId", "14155550100"),
             ("Body", "hello"),
         ]);
-        assert_eq!(m.user_phone.as_str(), "+14155550100");
-        assert_eq!(m.channel, "whatsapp:+14155550100");
+        assert_eq!(m.sender.phone_number().unwrap().as_str(), "+14155550100");
+        assert_eq!(m.channel, Channel::Direct { prefix: "whatsapp:".into() });
         assert_eq!(m.first_name.as_deref(), Some("Ada"));
     }
 
@@ -330,8 +390,8 @@ mod tests {
     fn a_conversations_message_is_a_group_message_in_its_conversation() {
         let m = group_with_media(r#"[{"Sid":"ME1","ContentType":"audio/ogg","Filename":"a.ogg","Size":10}]"#);
         assert_eq!(m.kind, Kind::Group);
-        assert_eq!(m.channel, CH);
-        assert_eq!(m.user_phone.as_str(), "+447700900123");
+        assert_eq!(m.channel, Channel::Conversation(CH.into()));
+        assert_eq!(m.sender.phone_number().unwrap().as_str(), "+447700900123");
         assert_eq!(m.content_type, ContentType::Audio);
     }
 
@@ -358,11 +418,68 @@ mod tests {
             ("EventType", "onMessageAdded"),
             ("ConversationSid", "CH00000000000000000000000000000001"),
             ("MessageSid", "IM00000000000000000000000000000001"),
-            ("Author", "alice"),
+            ("Author", "whatsapp:not-an-id"),
         ]);
-        assert!(matches!(parse(&p), Err(Unusable::NotAPhoneNumber { field: "Author", .. })));
+        assert!(matches!(parse(&p), Err(Unusable::MalformedSender { field: "Author", .. })));
+        for from in ["alice", "whatsapp:US.", "whatsapp:US.ENT.123", "US.123", "+1 415 555 0100"] {
+            let p = Params::from_pairs([("MessageSid", SM), ("From", from)]);
+            assert!(matches!(parse(&p), Err(Unusable::MalformedSender { field: "From", .. })), "{from}");
+        }
         let p = Params::from_pairs([("From", "+14155550100")]);
         assert!(matches!(parse(&p), Err(Unusable::MissingMessageSid)));
+    }
+
+    #[test]
+    fn a_whatsapp_sender_without_a_phone_is_known_by_their_bsuid() {
+        let m = message(&[("MessageSid", SM), ("From", "whatsapp:US.13491208655302741918"), ("ProfileName", "Ada")]);
+        assert_eq!(m.sender.business_id().unwrap().as_str(), "US.13491208655302741918");
+        assert_eq!(m.sender.phone_number(), None);
+        assert_eq!(m.channel, Channel::Direct { prefix: "whatsapp:".into() });
+        assert_eq!(m.first_name.as_deref(), Some("Ada"));
+    }
+
+    #[test]
+    fn a_phone_and_a_bsuid_in_one_request_are_one_sender() {
+        let m = message(&[
+            ("MessageSid", SM),
+            ("From", "whatsapp:+14155550100"),
+            ("ExternalUserId", "whatsapp:US.1349"),
+            ("ParentExternalUserId", "whatsapp:US.ENT.77"),
+        ]);
+        assert_eq!(m.sender.phone_number().unwrap().as_str(), "+14155550100");
+        assert_eq!(m.sender.business_id().unwrap().as_str(), "US.1349");
+        assert_eq!(m.sender.parent_id().unwrap().as_str(), "US.ENT.77");
+    }
+
+    #[test]
+    fn a_malformed_external_user_id_costs_nothing_but_itself() {
+        for bad in ["whatsapp:garbage", &"x".repeat(100_000), "whatsapp:US.ENT.1"] {
+            let m = message(&[("MessageSid", SM), ("From", "whatsapp:+14155550100"), ("ExternalUserId", bad)]);
+            assert_eq!(m.sender, Sender::phone(E164::parse_address("+14155550100").unwrap()), "{bad}");
+        }
+        let m = message(&[("MessageSid", SM), ("From", "+14155550100"), ("ParentExternalUserId", "nope")]);
+        assert_eq!(m.sender.parent_id(), None);
+    }
+
+    #[test]
+    fn conversations_authors_are_phones_bsuids_chat_identities_or_the_system() {
+        let author = |author: &str| {
+            message(&[
+                ("EventType", "onMessageAdded"),
+                ("ConversationSid", CH),
+                ("MessageSid", "IM00000000000000000000000000000001"),
+                ("Author", author),
+            ])
+            .sender
+        };
+        assert_eq!(author("+447700900123").phone_number().unwrap().as_str(), "+447700900123");
+        assert_eq!(author("sms:+447700900123").phone_number().unwrap().as_str(), "+447700900123");
+        assert_eq!(author("whatsapp:US.42").business_id().unwrap().as_str(), "US.42");
+        assert_eq!(author("ada.lovelace").chat_identity(), Some("ada.lovelace"));
+        assert_eq!(author("ada@example.com").chat_identity(), Some("ada@example.com"));
+        let long = "é".repeat(50_000);
+        assert_eq!(author(&long).chat_identity(), Some(long.as_str()), "kept exactly, whatever its length");
+        assert!(author("system").is_system());
     }
 
     const SM: &str = "SM0123456789abcdef0123456789abcdef";

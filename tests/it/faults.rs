@@ -1,12 +1,11 @@
 //! Nothing acknowledged is lost: faults injected into real processes while signed messages flow.
 //! Every acknowledged MessageSid must end up in `jobs` or `dlq_jobs`, exactly once.
 
-use std::process::Child;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use devstack::{free_port, FaultMode, FaultProxy, Grants, KeyKind, Stack};
+use devstack::{FaultMode, FaultProxy, Grants, KeyKind, Stack};
 use futures_util::StreamExt as _;
 use twilio_ingest::ingest::Settings;
 use twilio_ingest::supabase::Supabase;
@@ -130,44 +129,6 @@ async fn a_stalled_gateway_still_gets_every_answer_within_the_deadline() {
     app.stop().await;
 }
 
-/// The service as a separate process, to be killed for real.
-struct Service {
-    child: Child,
-    port: u16,
-}
-
-impl Service {
-    fn start(supabase_url: &str, spool_dir: &std::path::Path) -> Service {
-        let port = free_port();
-        let child = service_command(supabase_url, KeyKind::Secret, spool_dir, port)
-            .env("INGEST_DEADLINE_MS", DEADLINE_MS)
-            .env("LOG_FORMAT", "json")
-            .stdout(std::process::Stdio::null())
-            .stderr(
-                std::fs::OpenOptions::new().create(true).append(true).open(spool_dir.with_extension("log")).unwrap(),
-            )
-            .spawn()
-            .unwrap();
-        wait_for_listener(port);
-        Service { child, port }
-    }
-
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}/webhooks/twilio", self.port)
-    }
-
-    fn signal(&self, signal: i32) {
-        devstack::signal(self.child.id(), signal);
-    }
-}
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 async fn wait_for_jobs(stack: &Stack, sids: &[String], limit: Duration) {
     let until = Instant::now() + limit;
     let list = sql_list(sids);
@@ -196,7 +157,7 @@ async fn spool_then_sigkill(grants: Grants, n: usize) -> KilledWithSpool {
     let supabase_url = format!("http://127.0.0.1:{}", proxy.port);
     let spool = temp_dir("spool");
     proxy.set(FaultMode::Stall);
-    let mut service = Service::start(&supabase_url, &spool);
+    let mut service = Service::start(&supabase_url, &spool, DEADLINE_MS);
     let acked = acknowledged(&send_load(service.url(), n, 16, Arc::new(AtomicUsize::new(0))).await);
     assert_eq!(acked.len(), n);
     service.signal(libc::SIGKILL);
@@ -210,7 +171,7 @@ impl KilledWithSpool {
     /// acknowledged message is stored exactly once.
     async fn restart_and_check(&self) {
         self.proxy.set(FaultMode::Pass);
-        let _restarted = Service::start(&self.supabase_url, &self.spool);
+        let _restarted = Service::start(&self.supabase_url, &self.spool, DEADLINE_MS);
         wait_for_jobs(&self.stack, &self.acked, Duration::from_secs(30)).await;
         assert_each_stored_once(&self.stack, &self.acked);
     }
@@ -242,7 +203,7 @@ async fn a_torn_last_spool_record_is_skipped_and_the_rest_replayed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_during_load_loses_nothing_and_exits_in_time() {
     let stack = Stack::start(Grants::None).unwrap();
-    let mut service = Service::start(&stack.url(), &temp_dir("spool"));
+    let mut service = Service::start(&stack.url(), &temp_dir("spool"), DEADLINE_MS);
     let done = Arc::new(AtomicUsize::new(0));
     let load = tokio::spawn(send_load(service.url(), 300, 16, done.clone()));
     wait_until(&done, 100).await;

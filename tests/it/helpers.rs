@@ -335,3 +335,42 @@ where
 pub fn read_rows<T: Row>(stack: &Stack, sql: &str) -> Vec<T> {
     stack.query_rows(sql).expect("the query runs").into_iter().map(T::from_columns).collect()
 }
+
+/// The service as a separate process, to be killed for real.
+pub struct Service {
+    pub child: std::process::Child,
+    pub port: u16,
+}
+
+impl Service {
+    /// Logs (JSON) go to the file beside `spool_dir`, `<spool_dir>.log`.
+    pub fn start(supabase_url: &str, spool_dir: &std::path::Path, deadline_ms: &str) -> Service {
+        let port = devstack::free_port();
+        let child = service_command(supabase_url, KeyKind::Secret, spool_dir, port)
+            .env("INGEST_DEADLINE_MS", deadline_ms)
+            .env("LOG_FORMAT", "json")
+            .stdout(std::process::Stdio::null())
+            .stderr(
+                std::fs::OpenOptions::new().create(true).append(true).open(spool_dir.with_extension("log")).unwrap(),
+            )
+            .spawn()
+            .unwrap();
+        wait_for_listener(port);
+        Service { child, port }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/webhooks/twilio", self.port)
+    }
+
+    pub fn signal(&self, signal: i32) {
+        devstack::signal(self.child.id(), signal);
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -7,6 +7,7 @@ mod faults;
 mod operations;
 mod promise;
 mod queue;
+mod senders;
 mod toolchain;
 mod twilio;
 mod webhooks;

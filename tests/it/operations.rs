@@ -59,7 +59,7 @@ async fn metrics_count_webhooks_by_outcome_and_time_rest_calls() {
     assert!(grew(r#"webhooks_total{outcome="forged"}"#) >= 1.0, "{after}");
     assert!(grew(r#"webhook_duration_seconds_count{outcome="ingested"}"#) >= 3.0, "{after}");
     for expected in
-        [r#"supabase_request_seconds_bucket{endpoint="ingest_batch",status="ok""#, "batch_size_bucket", "spool_depth"]
+        [r#"supabase_request_seconds_bucket{endpoint="ingest_inbound",status="ok""#, "batch_size_bucket", "spool_depth"]
     {
         assert!(after.contains(expected), "missing {expected} in:\n{after}");
     }
@@ -184,8 +184,8 @@ fn check_reports_a_working_project_and_a_missing_grant_in_plain_words() {
         "table jobs: service_role may not select",
         "table dlq_jobs: anon/authenticated hold anon:select",
         "function claim_jobs: anon may execute it",
-        // ingest_batch calls ingest_jobs, so both fail.
-        "ingest: PROBLEM: cannot call ingest_batch (",
+        // Both write jobs, so both fail.
+        "ingest: PROBLEM: cannot call ingest_inbound (",
         ", ingest_jobs (",
     ] {
         assert!(stdout.contains(expected), "missing {expected:?} in:\n{stdout}");

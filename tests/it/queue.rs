@@ -86,10 +86,14 @@ async fn enqueue(stack: &Stack, arrivals: &[(String, i64)]) -> Vec<String> {
             let payload = json!({"MessageSid": sid, "From": channel, "Seq": seq.to_string()});
             NewJob {
                 message_sid: &sid,
-                user_phone: channel,
+                user_phone: Some(channel),
+                bsuid: None,
+                parent_bsuid: None,
+                chat: None,
                 first_name: None,
                 source_type: "dm",
                 source_channel_id: channel,
+                channel_prefix: Some(""),
                 content_type: "text",
                 payload: &payload,
                 received_at_us: ReceivedAt::now().as_micros(),
@@ -105,7 +109,7 @@ async fn enqueue(stack: &Stack, arrivals: &[(String, i64)]) -> Vec<String> {
     );
     for batch in jobs.chunks(200) {
         let batch: Vec<&EncodedJob> = batch.iter().collect();
-        supabase.ingest_batch(&batch, Duration::from_secs(30)).await.unwrap();
+        supabase.ingest_inbound(&batch, Duration::from_secs(30)).await.unwrap();
     }
     sids
 }

@@ -47,8 +47,14 @@ fn migrations_are_pushed_by_the_cli_as_a_postgres_that_is_not_a_superuser() {
 fn the_seed_applies_on_top_of_the_migrations() {
     let stack = Stack::start(Grants::None).unwrap();
     stack.push_migrations(&repo_root(), true).unwrap();
-    assert_eq!(count(&stack, "select count(*) from jobs"), 2);
+    assert_eq!(count(&stack, "select count(*) from jobs"), 3);
     assert_eq!(count(&stack, "select count(*) from dlq_jobs"), 1);
+    // Every user keyed, and the withheld phone's job answered on its WhatsApp id.
+    assert_eq!(count(&stack, "select count(*) from users where id in ('+14155550100', '+447700900123')"), 2);
+    assert_eq!(
+        read_column(&stack, "select reply_to from jobs where user_phone is null"),
+        [Some("whatsapp:US.13491208655302741918".to_owned())]
+    );
 }
 
 /// Sends signed messages to `app` one after another until `stop` is set (at most `limit` of them),
@@ -126,9 +132,10 @@ async fn a_migration_pushed_to_a_running_stack_is_live_without_a_restart() {
 /// pushing the migration is the whole fix.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_release_ahead_of_its_migration_spools_and_heals_once_it_is_pushed() {
-    for grants in [Grants::Default, Grants::None] {
-        // The project as it was before ingest_batch and ingest_jobs existed.
-        let before = project_copy(Some("20261123000100")).unwrap();
+    // The project as it was before ingest_batch and ingest_jobs existed, and as the release
+    // before this one left it (no user_identities, no ingest_inbound).
+    for (grants, up_to) in [(Grants::Default, "20261123000100"), (Grants::None, "20261124000200")] {
+        let before = project_copy(Some(up_to)).unwrap();
         let stack = Stack::start_from(grants, &before).unwrap();
         let settings = Settings { replay_interval: Duration::from_millis(100), ..Settings::default() };
         let app = spawn_app_at(&stack.url(), KeyKind::LegacyJwt, &temp_dir("spool"), settings, &[]).await;
@@ -150,7 +157,7 @@ async fn a_release_ahead_of_its_migration_spools_and_heals_once_it_is_pushed() {
             0,
             "{grants:?}: a missing function dead-lettered messages"
         );
-        assert_not_ready(&app, &["function ingest_batch", "supabase db push --remote"]).await;
+        assert_not_ready(&app, &["table users", "supabase db push --remote"]).await;
 
         stack.push_migrations(&repo_root(), false).unwrap();
         assert!(
@@ -190,12 +197,14 @@ fn the_cli_commands_that_need_no_docker_accept_the_project() {
         assert_eq!(listed.matches(version).count(), 2, "{version} is not both local and remote:\n{listed}");
     }
     let types = cli(&["gen", "types", "typescript"]);
-    for function in ["claim_jobs", "complete_jobs", "fail_job", "ingest_batch"] {
-        assert!(types.contains(function), "no {function} in the generated types");
+    for name in
+        ["claim_jobs", "complete_jobs", "fail_job", "ingest_batch", "ingest_inbound", "user_identities", "reply_to"]
+    {
+        assert!(types.contains(name), "no {name} in the generated types");
     }
     let reset = cli(&["db", "reset", "--yes"]);
     assert!(reset.contains("Seeding data from supabase/seed.sql"), "{reset}");
-    assert_eq!(count(&stack, "select count(*) from jobs"), 2);
+    assert_eq!(count(&stack, "select count(*) from jobs"), 3);
 }
 
 /// Rows migrate into the queue's lease rule. A job some earlier worker left `processing` had no

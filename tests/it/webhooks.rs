@@ -170,10 +170,14 @@ fn dm_job(phone: &str) -> EncodedJob {
     let payload = serde_json::json!({"Body": "batch"});
     NewJob {
         message_sid: &unique("SM"),
-        user_phone: phone,
+        user_phone: Some(phone),
+        bsuid: None,
+        parent_bsuid: None,
+        chat: None,
         first_name: None,
         source_type: "dm",
         source_channel_id: phone,
+        channel_prefix: Some(""),
         content_type: "text",
         payload: &payload,
         received_at_us: ReceivedAt::now().as_micros(),
@@ -181,7 +185,7 @@ fn dm_job(phone: &str) -> EncodedJob {
     .encode()
 }
 
-/// What `ingest_batch` answers: the positions in the batch whose MessageSid already had a job, and
+/// What `ingest_inbound` answers: the positions in the batch whose MessageSid already had a job, and
 /// nothing about a MessageSid that appears twice in the batch itself (the caller sees that).
 #[tokio::test]
 async fn a_batch_reports_the_messages_that_already_had_a_job() {
@@ -191,10 +195,10 @@ async fn a_batch_reports_the_messages_that_already_had_a_job() {
         let phone = unique_phone();
         let (a, b, c) = (dm_job(&phone), dm_job(&phone), dm_job(&phone));
         let timeout = Duration::from_secs(5);
-        assert_eq!(supabase.ingest_batch(&[&a], timeout).await.unwrap(), Vec::<usize>::new());
-        assert_eq!(supabase.ingest_batch(&[&b, &a, &c, &b], timeout).await.unwrap(), vec![1]);
-        assert_eq!(supabase.ingest_batch(&[&c, &b], timeout).await.unwrap(), vec![0, 1]);
-        assert_eq!(supabase.ingest_batch(&[], timeout).await.unwrap(), Vec::<usize>::new());
+        assert_eq!(supabase.ingest_inbound(&[&a], timeout).await.unwrap(), Vec::<usize>::new());
+        assert_eq!(supabase.ingest_inbound(&[&b, &a, &c, &b], timeout).await.unwrap(), vec![1]);
+        assert_eq!(supabase.ingest_inbound(&[&c, &b], timeout).await.unwrap(), vec![0, 1]);
+        assert_eq!(supabase.ingest_inbound(&[], timeout).await.unwrap(), Vec::<usize>::new());
         assert_eq!(count(stack, &format!("select count(*) from jobs where user_id = '{phone}'")), 3);
     }
 }
@@ -325,7 +329,7 @@ fn the_anon_key_can_neither_read_nor_write_any_table() {
         runtime.block_on(async {
             let client = reqwest::Client::new();
             for (apikey, bearer) in [(anon.as_str(), Some(anon.as_str())), (PUBLISHABLE_KEY, None)] {
-                for table in ["users", "jobs", "dlq_jobs"] {
+                for table in ["users", "user_identities", "jobs", "dlq_jobs"] {
                     let url = format!("{}/rest/v1/{table}", stack.url());
                     let with_key = |r: reqwest::RequestBuilder| {
                         let r = r.header("apikey", apikey);
@@ -339,12 +343,18 @@ fn the_anon_key_can_neither_read_nor_write_any_table() {
                     let body = match table {
                         "users" => r#"{"phone_number":"+15005550099"}"#,
                         "jobs" => r#"{"user_id":"+15005550099","source_channel_id":"x","source_type":"dm","user_phone":"+15005550099","payload":{}}"#,
+                        "user_identities" => r#"{"kind":"chat","value":"x","user_id":"+15005550099"}"#,
                         _ => r#"{"payload":{},"error":"x","error_kind":"unusable"}"#,
                     };
                     let write = with_key(client.post(&url)).header("Content-Type", "application/json").body(body).send().await.unwrap();
                     assert!(matches!(write.status().as_u16(), 401 | 403), "{grants:?} write {table}: {}", write.status());
                 }
-                for (function, args) in [("ingest_batch", "[]"), ("ingest_jobs", "[]"), ("ingest_messages", r#"{"messages":[]}"#)] {
+                for (function, args) in [
+                    ("ingest_inbound", "[]"),
+                    ("ingest_batch", "[]"),
+                    ("ingest_jobs", "[]"),
+                    ("ingest_messages", r#"{"messages":[]}"#),
+                ] {
                     let rpc = with_rpc_key(&client, &stack.url(), function, args, apikey, bearer).await;
                     // Not 404: a function that was dropped would pass.
                     assert!(matches!(rpc, 401 | 403), "{grants:?} rpc {function}: {rpc}");
