@@ -102,10 +102,30 @@ revoke all on table public.user_identities from anon, authenticated;
 grant select, insert, update, delete on table public.user_identities to service_role;
 
 
--- The jobs insert shared by every ingest function: arrival times, NOTIFY jobs, and the duplicate
--- report in X-Ingest-Duplicates (the zero-based positions whose MessageSid already had a job).
--- Each message carries its user_id.
-create function ingest_private.insert_jobs(messages jsonb)
+-- A phone-keyed job whose user is not stored: the caller (which thought it was) upserts the user
+-- and sends the batch again. Raised from inside the insert, so the common path costs nothing.
+create function ingest_private.missing_user()
+returns text
+language plpgsql
+set search_path = ''
+as $$
+begin
+    raise exception 'a job''s user is not stored' using errcode = '23503';
+end;
+$$;
+
+revoke execute on function ingest_private.missing_user() from public, anon, authenticated;
+grant execute on function ingest_private.missing_user() to service_role;
+
+-- The jobs insert shared by every ingest function: each message's user, its channel, arrival
+-- times, NOTIFY jobs, and the duplicate report in X-Ingest-Duplicates (the zero-based positions
+-- whose MessageSid already had a job).
+--
+-- A message's user is user_ids[its position] when the caller resolved it (ingest_inbound, for
+-- senders with more than a phone), else the user whose phone_number is its user_phone; none for
+-- a message with neither (a Conversations `system` message). A WhatsApp direct message's channel
+-- is its prefix and the user's key; any other message's channel is what the caller sent.
+create function ingest_private.insert_jobs(messages jsonb, user_ids text[], user_phones text[])
 returns void
 language plpgsql
 volatile
@@ -121,12 +141,29 @@ begin
     insert into public.jobs (
         message_sid, user_id, user_phone, source_type, source_channel_id, content_type, payload, received_at
     )
-    select m.message_sid, m.user_id, m.user_phone, m.source_type, m.source_channel_id, m.content_type, m.payload,
+    select m.message_sid, k.user_id, coalesce(user_phones[m.position], m.user_phone), m.source_type,
+           case when m.source_type = 'dm' and coalesce(m.channel_prefix, '') <> ''
+                then m.channel_prefix || k.user_id else m.source_channel_id end,
+           m.content_type, m.payload,
            coalesce(timestamptz 'epoch' + m.received_at_us * interval '1 microsecond', clock_timestamp())
-    from jsonb_to_recordset(messages) as m (
-        message_sid text, user_id text, user_phone text, source_type text, source_channel_id text,
-        content_type text, payload jsonb, received_at_us bigint
+    from rows from (
+        jsonb_to_recordset(messages) as (
+            message_sid text, user_phone text, source_type text, source_channel_id text, channel_prefix text,
+            content_type text, payload jsonb, received_at_us bigint
+        )
+    ) with ordinality as m (
+        message_sid, user_phone, source_type, source_channel_id, channel_prefix, content_type, payload,
+        received_at_us, position
     )
+    cross join lateral (
+        select coalesce(
+            user_ids[m.position],
+            case when m.user_phone is not null then coalesce(
+                (select u.id from public.users as u where u.phone_number = m.user_phone),
+                ingest_private.missing_user()
+            ) end
+        ) as user_id
+    ) as k
     order by m.message_sid
     on conflict (message_sid) do nothing;
     get diagnostics written = row_count;
@@ -153,15 +190,14 @@ begin
 end;
 $$;
 
-revoke execute on function ingest_private.insert_jobs(jsonb) from public, anon, authenticated;
-grant execute on function ingest_private.insert_jobs(jsonb) to service_role;
+revoke execute on function ingest_private.insert_jobs(jsonb, text[], text[]) from public, anon, authenticated;
+grant execute on function ingest_private.insert_jobs(jsonb, text[], text[]) to service_role;
 
 -- Jobs keyed by phone, for users the caller knows are stored: what the release before this one
--- sends, and what this release sends for a batch of SMS senders it has stored already. The user
--- is found by phone_number (a user first known by a BSUID has another key). A phone with no user
--- is refused with 23503, as the foreign key refused it before, so the caller upserts and retries.
--- A message that names its channel's prefix (this release) gets the channel ingest_inbound would
--- give it: the prefix and the user's key.
+-- sends, and what this release sends for a batch of phone senders it has stored already. The
+-- user is found by phone_number (a user first known by a BSUID has another key). A phone with no
+-- user is refused with 23503, as the foreign key refused it before, so the caller upserts and
+-- retries.
 create or replace function public.ingest_jobs(jsonb)
 returns void
 language plpgsql
@@ -169,23 +205,8 @@ volatile
 security invoker
 set search_path = ''
 as $$
-declare
-    messages alias for $1;
-    keyed jsonb;
 begin
-    select coalesce(jsonb_agg(
-               m.message || jsonb_build_object('user_id', u.id) || case
-                   when coalesce(m.message ->> 'channel_prefix', '') <> '' and m.message ->> 'source_type' = 'dm'
-                   then jsonb_build_object('source_channel_id', (m.message ->> 'channel_prefix') || u.id)
-                   else '{}' end
-               order by m.position), '[]')
-    into keyed
-    from jsonb_array_elements(messages) with ordinality as m (message, position)
-    left join public.users as u on u.phone_number = m.message ->> 'user_phone';
-    if exists (select 1 from jsonb_array_elements(keyed) as k where k ->> 'user_id' is null) then
-        raise exception 'a job''s user is not stored' using errcode = '23503';
-    end if;
-    perform ingest_private.insert_jobs(keyed);
+    perform ingest_private.insert_jobs($1, null, null);
 end;
 $$;
 
@@ -193,19 +214,20 @@ $$;
 -- which stays unique, and then calls ingest_jobs above.
 
 -- ingest_inbound: what this release calls, once per batch. Each message names its sender by every
--- address it carries (phone, bsuid, parent_bsuid, chat) and, for a direct message, the channel's
--- prefix (`whatsapp:`, or empty for SMS). For each message, in order:
---   * its addresses are resolved to a user: the sender's own id first (bsuid or chat identity),
---     then the phone, then the parent id;
---   * no user: one is created, keyed by the phone if there is one, and every address linked;
---   * a user: what it lacks is added (the phone, if no one else has it; the first name; each
---     address no one else has). Two users are never merged: an address that belongs to another
---     user stays with it;
---   * a WhatsApp direct message's channel is the prefix and the user's key, so a person's thread
+-- address it carries (user_phone, bsuid, parent_bsuid, chat) and, for a direct message, the
+-- channel's prefix (`whatsapp:`, or empty for SMS).
+--   * A sender known by a phone alone (every SMS, most WhatsApp) is upserted by phone_number, as
+--     ingest_batch did, all such senders in one statement: a new user is keyed by the phone.
+--   * Every other sender is resolved on its own, in order: by its own id first (bsuid or chat
+--     identity), then the phone, then the parent id. No user: one is created, keyed by the phone
+--     if there is one, and every address linked. A user: what it lacks is added (the phone, if no
+--     one else has it; the first name; each address no one else has). Two users are never
+--     merged: an address that belongs to another user stays with it.
+--   * A WhatsApp direct message's channel is the prefix and the user's key, so a person's thread
 --     is one channel whether WhatsApp sends the phone, the BSUID or both; a phone-keyed user's
 --     channel is `whatsapp:+1…` as before. An SMS's channel is its From, the phone, as before.
 --     A group's channel is its ConversationSid.
--- A message with no address at all (a Conversations `system` author) becomes a job with no user.
+--   * A message with no address at all (a Conversations `system` author) is a job with no user.
 --
 -- Concurrency: the batch's addresses are locked (transaction-scoped advisory locks, sorted, in one
 -- statement, so two batches cannot deadlock) before anything is read, so two webhooks of one
@@ -225,7 +247,8 @@ declare
     by_bsuid text;
     by_parent text;
     by_chat text;
-    keyed jsonb := '[]';
+    user_ids text[] := '{}';
+    user_phones text[] := '{}';
 begin
     perform pg_advisory_xact_lock(a.key)
     from (
@@ -237,16 +260,27 @@ begin
         order by 1
     ) as a;
 
+    -- Senders known by a phone alone, as ingest_batch upserts them. A name fills in a nameless
+    -- user, never replaces one.
+    insert into public.users as u (phone_number, first_name)
+    select s.user_phone, max(s.first_name)
+    from jsonb_to_recordset(messages) as s (user_phone text, bsuid text, parent_bsuid text, chat text, first_name text)
+    where s.user_phone is not null and s.bsuid is null and s.parent_bsuid is null and s.chat is null
+    group by s.user_phone
+    order by s.user_phone
+    on conflict (phone_number) do update
+        set first_name = excluded.first_name
+        where u.first_name is null and excluded.first_name is not null;
+
     for m in
         select s.*, e.position
         from jsonb_array_elements(messages) with ordinality as e (message, position),
              lateral jsonb_to_record(e.message) as s (
-                 user_phone text, bsuid text, parent_bsuid text, chat text, first_name text, channel_prefix text,
-                 source_type text, source_channel_id text
+                 user_phone text, bsuid text, parent_bsuid text, chat text, first_name text
              )
+        where s.bsuid is not null or s.parent_bsuid is not null or s.chat is not null
         order by e.position
     loop
-        uid := null;
         by_phone := null; by_bsuid := null; by_parent := null; by_chat := null;
         if m.user_phone is not null then
             select u.id into by_phone from public.users as u where u.phone_number = m.user_phone;
@@ -265,7 +299,7 @@ begin
         end if;
         uid := coalesce(by_bsuid, by_chat, by_phone, by_parent);
 
-        if uid is null and coalesce(m.user_phone, m.bsuid, m.parent_bsuid, m.chat) is not null then
+        if uid is null then
             -- A phone's user is keyed by the phone, unless that key is taken (a user who once had
             -- this phone and has since been given another).
             insert into public.users (id, phone_number, first_name)
@@ -276,7 +310,7 @@ begin
                 m.first_name
             )
             returning id into uid;
-        elsif uid is not null then
+        else
             if m.user_phone is not null and by_phone is null then
                 update public.users set phone_number = m.user_phone where id = uid and phone_number is null;
             end if;
@@ -285,33 +319,24 @@ begin
             end if;
         end if;
 
-        if uid is not null then
-            if m.bsuid is not null and by_bsuid is null then
-                insert into public.user_identities (kind, value, user_id) values ('whatsapp', m.bsuid, uid)
-                on conflict do nothing;
-            end if;
-            if m.parent_bsuid is not null and by_parent is null then
-                insert into public.user_identities (kind, value, user_id) values ('whatsapp_parent', m.parent_bsuid, uid)
-                on conflict do nothing;
-            end if;
-            if m.chat is not null and by_chat is null then
-                insert into public.user_identities (kind, value, user_id) values ('chat', m.chat, uid)
-                on conflict do nothing;
-            end if;
+        if m.bsuid is not null and by_bsuid is null then
+            insert into public.user_identities (kind, value, user_id) values ('whatsapp', m.bsuid, uid)
+            on conflict do nothing;
+        end if;
+        if m.parent_bsuid is not null and by_parent is null then
+            insert into public.user_identities (kind, value, user_id) values ('whatsapp_parent', m.parent_bsuid, uid)
+            on conflict do nothing;
+        end if;
+        if m.chat is not null and by_chat is null then
+            insert into public.user_identities (kind, value, user_id) values ('chat', m.chat, uid)
+            on conflict do nothing;
         end if;
 
-        keyed := keyed || jsonb_build_array(
-            (messages -> (m.position::int - 1)) || jsonb_build_object(
-                'user_id', uid,
-                'user_phone', (select u.phone_number from public.users as u where u.id = uid),
-                'source_channel_id', case when m.source_type = 'dm' and coalesce(m.channel_prefix, '') <> ''
-                                          then m.channel_prefix || uid
-                                          else m.source_channel_id end
-            )
-        );
+        user_ids[m.position] := uid;
+        user_phones[m.position] := (select u.phone_number from public.users as u where u.id = uid);
     end loop;
 
-    perform ingest_private.insert_jobs(keyed);
+    perform ingest_private.insert_jobs(messages, user_ids, user_phones);
 end;
 $$;
 
