@@ -7,6 +7,7 @@ mod faults;
 mod operations;
 mod promise;
 mod queue;
+mod queue_races;
 mod senders;
 mod toolchain;
 mod twilio;

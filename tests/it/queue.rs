@@ -16,7 +16,7 @@ use twilio_ingest::supabase::{EncodedJob, NewJob, Supabase};
 use crate::helpers::*;
 
 /// A worker as a supabase-js or supabase-py program is one: `rpc(name, args)` over HTTP.
-struct Worker {
+pub(crate) struct Worker {
     client: reqwest::Client,
     url: String,
     key: KeyKind,
@@ -24,11 +24,11 @@ struct Worker {
 }
 
 impl Worker {
-    fn new(stack: &Stack, key: KeyKind, name: &str) -> Worker {
+    pub(crate) fn new(stack: &Stack, key: KeyKind, name: &str) -> Worker {
         Worker { client: reqwest::Client::new(), url: stack.url(), key, name: name.to_owned() }
     }
 
-    async fn rpc(&self, function: &str, args: Value) -> (u16, Value) {
+    pub(crate) async fn rpc(&self, function: &str, args: Value) -> (u16, Value) {
         let key = self.key.service_key();
         let mut request =
             self.client.post(format!("{}/rest/v1/rpc/{function}", self.url)).header("apikey", &key).json(&args);
@@ -41,32 +41,32 @@ impl Worker {
         (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
     }
 
-    async fn call(&self, function: &str, args: Value) -> Value {
+    pub(crate) async fn call(&self, function: &str, args: Value) -> Value {
         let (status, body) = self.rpc(function, args).await;
         assert_eq!(status, 200, "{function}: {body}");
         body
     }
 
-    async fn claim(&self, max_jobs: u32, lease_seconds: u32) -> Vec<Value> {
+    pub(crate) async fn claim(&self, max_jobs: u32, lease_seconds: u32) -> Vec<Value> {
         let claimed = self
             .call("claim_jobs", json!({"worker": self.name, "max_jobs": max_jobs, "lease_seconds": lease_seconds}))
             .await;
         claimed.as_array().unwrap().clone()
     }
 
-    async fn complete(&self, ids: &[&str]) -> Vec<String> {
+    pub(crate) async fn complete(&self, ids: &[&str]) -> Vec<String> {
         let jobs: Vec<Value> = ids.iter().map(|id| json!({"id": id, "result": {"by": self.name}})).collect();
         let done = self.call("complete_jobs", json!({"worker": self.name, "jobs": jobs})).await;
         done.as_array().unwrap().iter().map(|id| id.as_str().unwrap().to_owned()).collect()
     }
 
-    async fn fail(&self, id: &str, error: &str, retry_in_seconds: Option<u32>, permanent: bool) -> Value {
+    pub(crate) async fn fail(&self, id: &str, error: &str, retry_in_seconds: Option<u32>, permanent: bool) -> Value {
         let args = json!({"id": id, "worker": self.name, "error": error, "retry_in_seconds": retry_in_seconds, "permanent": permanent});
         self.call("fail_job", args).await
     }
 }
 
-fn id(job: &Value) -> &str {
+pub(crate) fn id(job: &Value) -> &str {
     job["id"].as_str().unwrap()
 }
 
@@ -78,7 +78,7 @@ fn seq(job: &Value) -> i64 {
 /// Enqueues jobs through `ingest_batch`, as the service does: `arrivals` in the order they arrived
 /// (channel, position in channel), written in batches of 200 in a shuffled order, so that the
 /// order in the table is not the arrival order.
-async fn enqueue(stack: &Stack, arrivals: &[(String, i64)]) -> Vec<String> {
+pub(crate) async fn enqueue(stack: &Stack, arrivals: &[(String, i64)]) -> Vec<String> {
     let mut jobs: Vec<EncodedJob> = arrivals
         .iter()
         .map(|(channel, seq)| {
@@ -116,7 +116,7 @@ async fn enqueue(stack: &Stack, arrivals: &[(String, i64)]) -> Vec<String> {
 
 /// `rounds` messages from each of `channels` senders, interleaved: every sender's first, then every
 /// sender's second, and so on, in a shuffled order of senders each round.
-fn interleaved(channels: usize, rounds: i64) -> Vec<(String, i64)> {
+pub(crate) fn interleaved(channels: usize, rounds: i64) -> Vec<(String, i64)> {
     let senders: Vec<String> = (0..channels).map(|_| unique_phone()).collect();
     let mut arrivals = Vec::new();
     for round in 0..rounds {
@@ -184,6 +184,7 @@ fn assert_drained_in_order(stack: &Stack, ledger: &Ledger, total: usize) {
     let distinct: HashSet<&String> = ledger.completed.iter().collect();
     assert_eq!(distinct.len(), total, "a job was completed twice");
     assert_eq!(count(stack, "select count(*) from jobs where status = 'complete' and attempts = 1"), total as i64);
+    assert_eq!(count(stack, "select count(*) from jobs where completed_at < run_at"), 0, "started before its run_at");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -105,9 +105,10 @@ fn worker_dir(name: &str) -> PathBuf {
     dir
 }
 
-fn spawn(program: &Path, args: &[&str], stack: &Stack, key: KeyKind) -> Child {
+fn spawn(program: &Path, args: &[&str], stack: &Stack, key: KeyKind, lease_seconds: u32) -> Child {
     Command::new(program)
         .args(args)
+        .env("LEASE_SECONDS", lease_seconds.to_string())
         .env("SUPABASE_URL", stack.url())
         .env("SUPABASE_SERVICE_ROLE_KEY", key.service_key())
         .stdout(Stdio::null())
@@ -116,13 +117,13 @@ fn spawn(program: &Path, args: &[&str], stack: &Stack, key: KeyKind) -> Child {
         .unwrap_or_else(|e| panic!("cannot run {}: {e}", program.display()))
 }
 
-#[test]
-fn the_supabase_js_worker_in_the_readme_drains_the_queue() {
-    let stack = Stack::start(Grants::None).unwrap();
-    let senders = queue_jobs(&stack);
+/// The README's supabase-js loop, written to a directory of its own with a `handle` that echoes,
+/// throws on `explode` and takes 5 s on `slow`; returns node and its arguments.
+fn js_worker() -> (PathBuf, Vec<String>) {
     let dir = worker_dir("js-worker");
     let script = readme_block("A worker in **supabase-js**")
         + "\nasync function handle(job) {\n\
+           \x20 if (job.payload.Body === 'slow') await new Promise(r => setTimeout(r, 5000))\n\
            \x20 if (job.payload.Body === 'explode') throw new Error('boom')\n\
            \x20 return { echoed: job.payload.Body }\n\
            }\n";
@@ -138,30 +139,90 @@ fn the_supabase_js_worker_in_the_readme_drains_the_queue() {
             .unwrap();
     let mut args = vec![];
     if node_major < 22 {
-        args.push("--experimental-websocket");
+        args.push("--experimental-websocket".to_owned());
     }
-    let path = dir.join("worker.mjs");
-    args.push(path.to_str().unwrap());
-    let worker = spawn(Path::new("node"), &args, &stack, KeyKind::Secret);
-    run_until_drained(&stack, worker);
-    assert_worked_like_the_readme_says(&stack, &senders, "Error: boom");
+    args.push(dir.join("worker.mjs").to_str().unwrap().to_owned());
+    (PathBuf::from("node"), args)
 }
 
-#[test]
-fn the_supabase_py_worker_in_the_readme_drains_the_queue() {
-    let stack = Stack::start(Grants::Default).unwrap();
-    let senders = queue_jobs(&stack);
+/// The README's supabase-py loop, with the same `handle` as [`js_worker`].
+fn py_worker() -> (PathBuf, Vec<String>) {
     let python = repo_root().join(".tools/workers/py/bin/python");
     assert!(python.exists(), "supabase-py is not installed: run scripts/install-deps");
     let dir = temp_dir("py-worker");
-    let script = "def handle(job):\n\
+    let script = "import time\n\
+                  def handle(job):\n\
+                  \x20   if job['payload']['Body'] == 'slow':\n\
+                  \x20       time.sleep(5)\n\
                   \x20   if job['payload']['Body'] == 'explode':\n\
                   \x20       raise RuntimeError('boom')\n\
                   \x20   return {'echoed': job['payload']['Body']}\n\n"
         .to_owned()
         + &readme_block("The same in **supabase-py**");
     std::fs::write(dir.join("worker.py"), script).unwrap();
-    let worker = spawn(&python, &["-u", dir.join("worker.py").to_str().unwrap()], &stack, KeyKind::LegacyJwt);
+    (python, vec!["-u".to_owned(), dir.join("worker.py").to_str().unwrap().to_owned()])
+}
+
+fn start((program, args): &(PathBuf, Vec<String>), stack: &Stack, key: KeyKind, lease_seconds: u32) -> Child {
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    spawn(program, &args, stack, key, lease_seconds)
+}
+
+/// One job that takes 5 s, leased for 2 s at a time, and two workers racing for it: the
+/// heartbeat keeps the lease, so the job is handled once, in one attempt, by the worker that
+/// claimed it.
+fn assert_a_job_longer_than_its_lease_is_handled_once(worker: &(PathBuf, Vec<String>), key: KeyKind) {
+    let stack = Stack::start(Grants::None).unwrap();
+    let sender = unique_phone();
+    stack
+        .execute(&format!(
+            "insert into users (phone_number) values ('{sender}');
+             insert into jobs (user_id, user_phone, source_channel_id, source_type, payload, message_sid)
+             values ('{sender}', '{sender}', '{sender}', 'dm', jsonb_build_object('Body', 'slow'), '{}')",
+            unique("SM")
+        ))
+        .unwrap();
+    let mut workers = [start(worker, &stack, key, 2), start(worker, &stack, key, 2)];
+    let until = Instant::now() + Duration::from_secs(30);
+    while count(&stack, "select count(*) from jobs where status = 'complete'") == 0 && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mut said = String::new();
+    for worker in &mut workers {
+        let _ = worker.kill();
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(worker.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+        let _ = worker.wait();
+        said += &stderr;
+    }
+    let rows: Vec<(String, i64, String)> = read_rows(&stack, "select status, attempts, result ->> 'echoed' from jobs");
+    assert_eq!(rows, [("complete".to_owned(), 1, "slow".to_owned())], "the workers said:\n{said}");
+}
+
+#[test]
+fn the_supabase_js_worker_in_the_readme_drains_the_queue() {
+    let stack = Stack::start(Grants::None).unwrap();
+    let senders = queue_jobs(&stack);
+    let worker = start(&js_worker(), &stack, KeyKind::Secret, 60);
+    run_until_drained(&stack, worker);
+    assert_worked_like_the_readme_says(&stack, &senders, "Error: boom");
+}
+
+#[test]
+fn the_supabase_js_worker_in_the_readme_keeps_a_job_longer_than_its_lease() {
+    assert_a_job_longer_than_its_lease_is_handled_once(&js_worker(), KeyKind::Secret);
+}
+
+#[test]
+fn the_supabase_py_worker_in_the_readme_keeps_a_job_longer_than_its_lease() {
+    assert_a_job_longer_than_its_lease_is_handled_once(&py_worker(), KeyKind::LegacyJwt);
+}
+
+#[test]
+fn the_supabase_py_worker_in_the_readme_drains_the_queue() {
+    let stack = Stack::start(Grants::Default).unwrap();
+    let senders = queue_jobs(&stack);
+    let worker = start(&py_worker(), &stack, KeyKind::LegacyJwt, 60);
     run_until_drained(&stack, worker);
     assert_worked_like_the_readme_says(&stack, &senders, "boom");
 }
