@@ -182,21 +182,30 @@ pub async fn drain_spool(config: &Config, deadline: Duration) -> Result<SpoolDra
         Err(e) => return Err(e.into()),
     };
     let supabase = Supabase::new(&config.supabase_url, &config.service_key);
-    // No background replay: this loop is the replay.
-    let settings =
-        Settings { deadline: config.deadline, replay_interval: Duration::from_secs(86_400), ..Settings::default() };
+    // No background replay: this loop is the replay, and it keeps to the deadline.
+    let settings = Settings { deadline: config.deadline, background_replay: false, ..Settings::default() };
     let (ingestor, workers) = Ingestor::start(supabase, spool, settings);
     let mut last_stall = None;
-    loop {
-        let report = ingestor.drain_spool().await;
-        last_stall = report.stalled.or(last_stall);
-        if report.remaining == 0 || tokio::time::Instant::now() >= until {
-            let remaining = report.remaining;
-            workers.shutdown(ingestor).await;
-            return Ok(SpoolDrained { remaining, by_this_process: true, last_stall });
+    let remaining = loop {
+        // A pass cut short at the deadline loses nothing: a segment goes only once all its
+        // records are stored, and what was stored already is a duplicate next time.
+        match tokio::time::timeout_at(until, ingestor.drain_spool()).await {
+            Ok(report) => {
+                last_stall = report.stalled.or(last_stall);
+                if report.remaining == 0 || tokio::time::Instant::now() >= until {
+                    break report.remaining;
+                }
+            }
+            Err(_) => {
+                last_stall = last_stall.or_else(|| Some("the deadline passed during a replay pass".to_owned()));
+                break ingestor.spool_depth();
+            }
         }
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
+        let left = until.saturating_duration_since(tokio::time::Instant::now());
+        tokio::time::sleep(Duration::from_secs(1).min(left)).await;
+    };
+    workers.shutdown(ingestor).await;
+    Ok(SpoolDrained { remaining, by_this_process: true, last_stall })
 }
 
 /// Completes on SIGINT (what Fly sends) or SIGTERM.

@@ -15,8 +15,13 @@
 //! every whole record around them is replayed. Segments are removed whole, once every record in
 //! them is committed elsewhere.
 //!
-//! One process owns a spool directory at a time (an exclusive lock on `.lock`), since replay
-//! removes segments another writer could still be appending to.
+//! One process owns a spool directory at a time, since replay removes segments another writer
+//! could still be appending to. The lock is on the directory itself, not on a file in it: there is
+//! nothing an operator can delete to break it, and nothing a command run as root leaves behind
+//! that the service's own user could not open. (Releases before this one locked `.lock`, which is
+//! now left alone.) Should something remove the segment being written all the same, the writer
+//! notices before it acknowledges anything written to it, and writes those records again to a new
+//! segment.
 //!
 //! Segments written before this format (`NNNN.spool`, `[length][crc32][bytes]`) are still read, so
 //! an upgrade with a non-empty spool loses nothing.
@@ -42,7 +47,6 @@ const SEGMENT_TARGET: u64 = 4 * 1024 * 1024;
 /// Below this much free space the spool is reported unhealthy: it could not take an outage's worth
 /// of messages for long.
 pub const MIN_FREE_BYTES: u64 = 64 * 1024 * 1024;
-const LOCK_FILE: &str = ".lock";
 const QUARANTINE: &str = "quarantine";
 
 enum Command {
@@ -99,7 +103,7 @@ pub struct Status {
 
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
-    #[error("SPOOL_DIR {0} is in use by another twilio-ingest process (it holds {0}/.lock)")]
+    #[error("SPOOL_DIR {0} is in use by another twilio-ingest process (stop it, or use `spool status`)")]
     Locked(String),
     #[error("cannot use SPOOL_DIR {dir}: {source}")]
     Io { dir: String, source: io::Error },
@@ -111,8 +115,9 @@ impl Spool {
     pub fn open(dir: &Path) -> Result<Spool, OpenError> {
         let io_error = |source| OpenError::Io { dir: dir.display().to_string(), source };
         fs::create_dir_all(dir).map_err(io_error)?;
-        let lock =
-            OpenOptions::new().create(true).truncate(false).write(true).open(dir.join(LOCK_FILE)).map_err(io_error)?;
+        // The lock no longer writes anything: make sure the directory can take a record.
+        probe_writable(dir, b"").map_err(io_error)?;
+        let lock = File::open(dir).map_err(io_error)?;
         // A moment's grace: an owner in this process (an app being rebuilt) lets go of the lock
         // when its writer thread ends, just after its last handle is dropped.
         let mut tries = 0;
@@ -212,7 +217,7 @@ struct Writer {
     next_seq: u64,
     active: Option<Active>,
     ledger: Arc<Mutex<Ledger>>,
-    /// Held while the writer runs: the directory's lock.
+    /// Held while the writer runs: the directory, locked.
     _lock: File,
 }
 
@@ -256,6 +261,10 @@ impl Writer {
     }
 
     fn append(&mut self, records: &[&[u8]]) -> io::Result<()> {
+        self.append_records(records, false)
+    }
+
+    fn append_records(&mut self, records: &[&[u8]], retried: bool) -> io::Result<()> {
         let mut buf = Vec::with_capacity(records.iter().map(|r| r.len() + HEADER).sum());
         for record in records {
             if record.is_empty() || record.len() > MAX_RECORD {
@@ -280,6 +289,23 @@ impl Writer {
         }
         let active = self.active.as_mut().expect("opened above");
         match active.file.write_all(&buf).and_then(|()| active.file.sync_data()) {
+            Ok(()) if removed(&active.file) => {
+                // Durable in a file no directory holds: nothing would ever replay it. Write the
+                // group again to a new segment before anyone is told it is stored.
+                tracing::error!(
+                    segment = %active.path.display(),
+                    "the spool's active segment was removed by something else; what it held is lost; \
+                     writing to a new segment"
+                );
+                metrics::counter!("spool_segments_removed_total").increment(1);
+                let path = active.path.clone();
+                self.active = None;
+                self.ledger.lock().expect("the ledger is never poisoned").segments.remove(&path);
+                if retried {
+                    return Err(io::Error::other("the spool's segments are being removed as they are written"));
+                }
+                self.append_records(records, true)
+            }
             Ok(()) => {
                 active.len += buf.len() as u64;
                 *self
@@ -302,6 +328,29 @@ impl Writer {
             }
         }
     }
+}
+
+/// Creates a file in `dir` and removes it, writing and syncing `bytes` in between: what a spooled
+/// message will need of it. With no bytes, it asks only whether the directory may be written
+/// (a full disk may still start, to answer 503 truthfully until it has room).
+fn probe_writable(dir: &Path, bytes: &[u8]) -> io::Result<()> {
+    let probe = dir.join(format!(".probe-{}", std::process::id()));
+    let written = OpenOptions::new().create(true).truncate(true).write(true).open(&probe).and_then(|mut f| {
+        if bytes.is_empty() {
+            Ok(())
+        } else {
+            f.write_all(bytes).and_then(|()| f.sync_all())
+        }
+    });
+    let _ = fs::remove_file(&probe);
+    written
+}
+
+/// Whether `file` has been unlinked from every directory (a file's link count is read from the
+/// open file, so this holds whatever became of its name).
+fn removed(file: &File) -> bool {
+    use std::os::unix::fs::MetadataExt as _;
+    file.metadata().is_ok_and(|m| m.nlink() == 0)
 }
 
 fn encode(record: &[u8], buf: &mut Vec<u8>) {
@@ -431,15 +480,7 @@ pub fn status(dir: &Path) -> io::Result<Status> {
 /// Whether the spool in `dir` can take a message now: the directory is writable (a probe file is
 /// written, fsynced and removed) and has at least [`MIN_FREE_BYTES`] free. Says why not.
 pub fn health(dir: &Path) -> Result<(), String> {
-    let probe = dir.join(format!(".probe-{}", std::process::id()));
-    let written = OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .write(true)
-        .open(&probe)
-        .and_then(|mut f| f.write_all(b"probe").and_then(|()| f.sync_all()));
-    let _ = fs::remove_file(&probe);
-    written.map_err(|e| format!("SPOOL_DIR {} is not writable: {e}", dir.display()))?;
+    probe_writable(dir, b"probe").map_err(|e| format!("SPOOL_DIR {} is not writable: {e}", dir.display()))?;
     let stats =
         rustix::fs::statvfs(dir).map_err(|e| format!("SPOOL_DIR {}: cannot read free space: {e}", dir.display()))?;
     let free = stats.f_bavail.saturating_mul(stats.f_frsize);

@@ -31,12 +31,12 @@ impl ReceivedAt {
         self.0
     }
 
-    /// Reads a `timestamptz` as PostgREST renders it in UTC (`2026-11-24T10:59:25.354568+00:00`),
-    /// or as [`ReceivedAt::to_rfc3339`] writes it.
+    /// Reads a `timestamptz` as PostgREST renders it, in the database's `TimeZone`, whatever
+    /// that is (`2026-11-24T10:59:25.354568+00:00`, `2026-11-24T05:59:25.354568-05:00`), or as
+    /// [`ReceivedAt::to_rfc3339`] writes it.
     pub fn parse_rfc3339(text: &str) -> Option<Self> {
-        let utc = text.strip_suffix("+00:00").map_or_else(|| text.to_owned(), |t| format!("{t}Z"));
-        let time = humantime::parse_rfc3339(&utc).ok()?;
-        let micros = time.duration_since(UNIX_EPOCH).ok()?.as_micros();
+        let time = time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).ok()?;
+        let micros = time.unix_timestamp_nanos() / 1_000;
         Some(ReceivedAt(i64::try_from(micros).ok()?))
     }
 
@@ -92,5 +92,15 @@ mod tests {
         assert_eq!(at, ReceivedAt::from_micros(1_795_000_000_123_456));
         assert_eq!(ReceivedAt::parse_rfc3339(&at.to_rfc3339()), Some(at));
         assert_eq!(ReceivedAt::parse_rfc3339("yesterday"), None);
+    }
+
+    #[test]
+    fn a_timestamp_in_any_offset_is_the_same_moment() {
+        let utc = ReceivedAt::from_micros(1_795_000_000_123_456);
+        for text in
+            ["2026-11-18T06:06:40.123456-05:00", "2026-11-18T16:36:40.123456+05:30", "2026-11-18T11:06:40.123456Z"]
+        {
+            assert_eq!(ReceivedAt::parse_rfc3339(text), Some(utc), "{text}");
+        }
     }
 }

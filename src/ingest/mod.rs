@@ -104,6 +104,9 @@ pub struct Settings {
     pub batches_in_flight: usize,
     pub queue_capacity: usize,
     pub replay_interval: Duration,
+    /// Whether a background task replays the spool. `spool drain` replays it itself, in passes
+    /// it times to its own deadline.
+    pub background_replay: bool,
     /// How many users to remember as stored, so that their jobs skip the users upsert
     /// (`known_users`); 0 remembers none.
     pub known_users: usize,
@@ -119,6 +122,7 @@ impl Default for Settings {
             batches_in_flight: 2,
             queue_capacity: 8_192,
             replay_interval: Duration::from_secs(1),
+            background_replay: true,
             known_users: 10_000,
             known_user_ttl: Duration::from_secs(600),
         }
@@ -136,6 +140,10 @@ struct Inner {
     spool: Spool,
     known_users: KnownUsers,
     settings: Settings,
+    /// Held by whichever pass is replaying the spool: one replayer per spool, always. (The spool's
+    /// lock keeps other processes out; this keeps the background replay and `spool drain`'s own
+    /// passes from replaying the same segments side by side.)
+    replaying: tokio::sync::Mutex<()>,
 }
 
 /// The background tasks behind an [`Ingestor`]; [`Workers::shutdown`] drains them.
@@ -148,7 +156,7 @@ pub struct Workers {
 impl Ingestor {
     pub fn start(supabase: Supabase, spool: Spool, settings: Settings) -> (Ingestor, Workers) {
         let known_users = KnownUsers::new(settings.known_users, settings.known_user_ttl);
-        let inner = Arc::new(Inner { supabase, spool, known_users, settings });
+        let inner = Arc::new(Inner { supabase, spool, known_users, settings, replaying: tokio::sync::Mutex::new(()) });
         let (queue, receiver) = mpsc::channel(inner.settings.queue_capacity);
         let batcher = tokio::spawn(batcher::run(inner.clone(), receiver));
         let (stop_replay, stopped) = oneshot::channel();

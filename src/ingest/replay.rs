@@ -36,6 +36,10 @@ pub struct SpoolDrainReport {
 }
 
 pub(super) async fn run(inner: Arc<Inner>, mut stop: oneshot::Receiver<()>) {
+    if !inner.settings.background_replay {
+        let _ = stop.await;
+        return;
+    }
     let mut wait = inner.settings.replay_interval;
     loop {
         if inner.spool.depth() > 0 {
@@ -59,6 +63,8 @@ pub(super) async fn run(inner: Arc<Inner>, mut stop: oneshot::Receiver<()>) {
 }
 
 pub(super) async fn drain(inner: &Inner) -> SpoolDrainReport {
+    // A pass that waited for another finds what that one left.
+    let _replayer = inner.replaying.lock().await;
     let mut report = SpoolDrainReport::default();
     let segments = match inner.spool.rotate().await {
         Ok(segments) => segments,

@@ -391,3 +391,216 @@ async fn dlq_replay_makes_progress_past_letters_that_keep_failing() {
     // The replayed letters are kept: they are the record of what was re-driven.
     assert_eq!(count(&stack, "select count(*) from dlq_jobs where replayed_at is not null"), 5);
 }
+
+/// One replayer per spool, always: `spool drain` and the service's own background replay never
+/// replay the same segments side by side, and two passes asked for at once replay each record
+/// once between them.
+#[tokio::test]
+async fn a_spool_is_replayed_by_one_pass_at_a_time() {
+    let stack = shared_stack(Grants::None);
+    let spool = temp_dir("spool");
+    let messages: Vec<Params> = (0..60).map(|i| sms(&unique_phone(), &format!("one replayer {i}"))).collect();
+    spool_while_down(&spool, &messages).await;
+    let app = spawn_app_at(
+        &stack.url(),
+        KeyKind::Secret,
+        &spool,
+        Settings { replay_interval: Duration::from_millis(1), ..Settings::default() },
+        &[],
+    )
+    .await;
+    let (a, b) = tokio::join!(app.ingestor.drain_spool(), app.ingestor.drain_spool());
+    assert_eq!((a.stalled.as_deref(), b.stalled.as_deref()), (None, None));
+    assert!(
+        a.replayed + b.replayed <= messages.len(),
+        "replayed {} + {} of {}",
+        a.replayed,
+        b.replayed,
+        messages.len()
+    );
+    assert!(app.wait_for_empty_spool(Duration::from_secs(30)).await);
+    app.stop().await;
+    assert_each_stored_once(stack, &sids_of(&messages));
+
+    // `spool drain` as an operator runs it: its pass alone, however the background is set.
+    let spool = temp_dir("spool");
+    let messages: Vec<Params> = (0..60).map(|i| sms(&unique_phone(), &format!("drained {i}"))).collect();
+    spool_while_down(&spool, &messages).await;
+    let config = config(&stack.url(), KeyKind::Secret, &spool, &[]);
+    let drained = twilio_ingest::drain_spool(&config, Duration::from_secs(30)).await.unwrap();
+    assert_eq!((drained.remaining, drained.last_stall), (0, None));
+    assert_each_stored_once(stack, &sids_of(&messages));
+}
+
+/// `spool drain --deadline` keeps its deadline even when Supabase hangs in the middle of a pass.
+#[tokio::test]
+async fn spool_drain_keeps_its_deadline_while_supabase_hangs() {
+    let stack = shared_stack(Grants::None);
+    let spool = temp_dir("spool");
+    let messages: Vec<Params> = (0..5).map(|i| sms(&unique_phone(), &format!("hung {i}"))).collect();
+    spool_while_down(&spool, &messages).await;
+    let proxy = FaultProxy::start(stack.gateway_port);
+    proxy.set(FaultMode::Stall);
+    let config = config(&format!("http://127.0.0.1:{}", proxy.port), KeyKind::Secret, &spool, &[]);
+    let started = std::time::Instant::now();
+    let drained = twilio_ingest::drain_spool(&config, Duration::from_secs(1)).await.unwrap();
+    assert!(started.elapsed() < Duration::from_millis(2_500), "a 1 s deadline took {:?}", started.elapsed());
+    assert_eq!(drained.remaining, 5, "nothing lost: every record is still in the spool");
+    assert!(drained.last_stall.is_some());
+}
+
+fn supabase_of(stack: &Stack) -> twilio_ingest::supabase::Supabase {
+    twilio_ingest::supabase::Supabase::new(
+        &stack.url(),
+        &twilio_ingest::supabase::ServiceKey::parse(&KeyKind::Secret.service_key()).unwrap(),
+    )
+}
+
+/// A dead letter as the service writes one when a grant was revoked: replayable once fixed.
+fn rejected_letter(stack: &Stack, message: &Params, received_at: &str) {
+    let payload = serde_json::to_string(&message.to_payload()).unwrap().replace('\'', "''");
+    stack
+        .execute(&format!(
+            "insert into dlq_jobs (message_sid, dedupe_key, payload, error, error_kind, received_at)
+             values ('{0}', '{0}', '{payload}', 'grant revoked', 'rejected', '{received_at}')",
+            sid_of(message)
+        ))
+        .unwrap();
+}
+
+/// On a database whose TimeZone is not UTC, PostgREST renders every time in that zone: a dead
+/// letter replayed keeps its arrival time (its place in its channel), and `jobs stats` reads
+/// every row.
+#[tokio::test]
+async fn times_from_a_database_outside_utc_are_read_as_the_same_moments() {
+    let stack = Stack::start(Grants::None).unwrap();
+    stack
+        .execute_as_admin(
+            "alter role authenticator set timezone = 'America/New_York';
+             select pg_terminate_backend(pid) from pg_stat_activity where usename = 'authenticator';",
+        )
+        .unwrap();
+    // PostgREST reconnects, now in New York time, once it has seen its connections go.
+    let probe = reqwest::Client::new();
+    let reconnected = async {
+        loop {
+            let answer = probe
+                .get(format!("{}/rest/v1/jobs?select=id&limit=1", stack.url()))
+                .header("apikey", KeyKind::Secret.service_key())
+                .send()
+                .await;
+            if answer.is_ok_and(|a| a.status() == 200) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), reconnected).await.expect("PostgREST reconnects");
+    let message = sms(&unique_phone(), "from a New York database");
+    rejected_letter(&stack, &message, "2026-01-02T03:04:05.678901Z");
+    let replayed = twilio_ingest::dlq::replay(&supabase_of(&stack), 10).await.unwrap();
+    assert_eq!(replayed.replayed.len(), 1);
+    let at = read_column(
+        &stack,
+        &format!(
+            "select received_at = '2026-01-02T03:04:05.678901Z' from jobs where message_sid = '{}'",
+            sid_of(&message)
+        ),
+    );
+    assert_eq!(at, [Some("t".to_owned())], "the letter's arrival time was not kept");
+    let (ok, stats) = run_binary(&stack.url(), &temp_dir("spool"), &["jobs", "stats"]);
+    assert!(ok, "{stats}");
+    assert!(stats.contains("oldest pending job: waiting"), "{stats}");
+}
+
+/// An erasure is not undone: deleting a user deletes their dead letters too, by every address
+/// they wrote from, so `dlq replay` cannot bring them, or their messages, back. Other senders'
+/// letters stay.
+#[tokio::test]
+async fn deleting_a_user_deletes_their_dead_letters_so_no_replay_brings_them_back() {
+    let stack = Stack::start(Grants::None).unwrap();
+    let app = spawn_app(&stack, KeyKind::Secret).await;
+    let (phone, bsuid) = (unique_phone(), format!("US.{}", uuid::Uuid::new_v4().as_u128()));
+    let mut linked = sms(&format!("whatsapp:{phone}"), "first").pairs().to_vec();
+    linked.push(("ExternalUserId".into(), format!("whatsapp:{bsuid}")));
+    assert_eq!(app.post_signed(&Params::from_pairs(linked)).await.status(), 200);
+    app.stop().await;
+    let theirs = [
+        sms(&phone, "an sms"),
+        sms(&format!("whatsapp:{phone}"), "whatsapp by phone"),
+        sms(&format!("whatsapp:{bsuid}"), "whatsapp by id"),
+        group_message(&unique("CH"), &phone, "in a group"),
+    ];
+    let someone_else = sms(&unique_phone(), "not theirs");
+    for letter in theirs.iter().chain([&someone_else]) {
+        rejected_letter(&stack, letter, "2026-01-01T00:00:00Z");
+    }
+    stack.execute(&format!("delete from users where phone_number = '{phone}'")).unwrap();
+    assert_eq!(count(&stack, "select count(*) from dlq_jobs"), 1, "only the other sender's letter is left");
+    let replayed = twilio_ingest::dlq::replay(&supabase_of(&stack), 10).await.unwrap();
+    assert_eq!(replayed.replayed.len(), 1);
+    assert_eq!(jobs_with_sid(&stack, &sid_of(&someone_else)), 1);
+    assert_eq!(count(&stack, &format!("select count(*) from users where phone_number = '{phone}'")), 0);
+    assert_eq!(count(&stack, &format!("select count(*) from user_identities where value = '{bsuid}'")), 0);
+}
+
+/// The spool's lock is the directory's own: `spool drain` beside a live service (here after an
+/// operator deleted what older releases locked) never takes its spool, and leaves nothing in it,
+/// as root or not, that the service's own user could not open. Every acknowledged message lands.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spool_drain_beside_a_live_service_never_takes_its_spool() {
+    let stack = shared_stack(Grants::None);
+    let proxy = FaultProxy::start(stack.gateway_port);
+    proxy.set(FaultMode::Stall);
+    let spool = temp_dir("spool");
+    let settings = Settings { replay_interval: Duration::from_millis(200), ..Settings::default() };
+    let url = format!("http://127.0.0.1:{}", proxy.port);
+    let app = spawn_app_at(&url, KeyKind::Secret, &spool, settings, &[("INGEST_DEADLINE_MS", "800")]).await;
+    let first: Vec<Params> = (0..20).map(|i| sms(&unique_phone(), &format!("before the drain {i}"))).collect();
+    for m in &first {
+        assert_eq!(app.post_signed(m).await.status(), 200);
+    }
+    let _ = std::fs::remove_file(spool.join(".lock"));
+    let (ok, said) = run_binary(&stack.url(), &spool, &["spool", "drain", "--deadline", "2s"]);
+    assert!(!ok, "spool drain claimed to have emptied a spool it does not own: {said}");
+    let names: Vec<String> = std::fs::read_dir(&spool)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.ends_with(".records"))
+        .collect();
+    assert!(names.is_empty(), "spool drain left {names:?} in the spool");
+    let later: Vec<Params> = (0..20).map(|i| sms(&unique_phone(), &format!("after the drain {i}"))).collect();
+    for m in &later {
+        assert_eq!(app.post_signed(m).await.status(), 200);
+    }
+    assert_eq!(app.ingestor.spool_depth(), 40, "every acknowledged message is in the live spool");
+    proxy.set(FaultMode::Pass);
+    assert!(app.wait_for_empty_spool(Duration::from_secs(60)).await, "the spool did not drain");
+    app.stop().await;
+    assert_each_stored_once(stack, &sids_of(&[first, later].concat()));
+}
+
+/// Something removes the segment the service is writing: what the service had not yet
+/// acknowledged is written again to a new segment, so every later 200 is still true.
+#[tokio::test]
+async fn a_segment_removed_under_the_service_takes_nothing_it_acknowledges_later() {
+    let stack = shared_stack(Grants::None);
+    let spool = temp_dir("spool");
+    let app =
+        spawn_app_while_down(&spool, Settings { replay_interval: Duration::from_secs(3600), ..Settings::default() })
+            .await;
+    assert_eq!(app.post_signed(&sms(&unique_phone(), "in the removed segment")).await.status(), 200);
+    for entry in std::fs::read_dir(&spool).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "records") {
+            std::fs::remove_file(path).unwrap();
+        }
+    }
+    let later: Vec<Params> = (0..5).map(|i| sms(&unique_phone(), &format!("after the removal {i}"))).collect();
+    for m in &later {
+        assert_eq!(app.post_signed(m).await.status(), 200);
+    }
+    app.stop().await;
+    replay(stack, &spool).await;
+    assert_each_stored_once(stack, &sids_of(&later));
+}
