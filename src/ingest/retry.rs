@@ -29,7 +29,8 @@ where
         match attempt(left).await {
             Ok(value) => return Ok(value),
             // Waiting out the request will not bring a missing function: spool it at once.
-            Err(e) if !e.is_transient() || e.is_schema_missing() => return Err(e),
+            // Nothing to wait for: a refusal for good, or one that only an operator ends.
+            Err(e) if !e.is_transient() || e.is_schema_missing() || e.refuses_every_message() => return Err(e),
             Err(e) => {
                 // Honour Retry-After when the server gives one, as far as the deadline allows.
                 let jittered = backoff.mul_f64(rand::thread_rng().gen_range(0.5..1.0));
@@ -76,11 +77,25 @@ mod tests {
         let calls = AtomicU32::new(0);
         let result: Result<(), _> = until(Instant::now() + Duration::from_secs(2), |_| {
             calls.fetch_add(1, Ordering::SeqCst);
-            async { Err(Error::from_response(403, br#"{"code":"42501","message":"permission denied"}"#)) }
+            async { Err(Error::from_response(400, br#"{"code":"23514","message":"violates check constraint"}"#)) }
         })
         .await;
         assert!(!result.unwrap_err().is_transient());
         assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_refusal_only_an_operator_ends_is_not_waited_out() {
+        let calls = AtomicU32::new(0);
+        let started = Instant::now();
+        let result: Result<(), _> = until(Instant::now() + Duration::from_secs(2), |_| {
+            calls.fetch_add(1, Ordering::SeqCst);
+            async { Err(Error::from_response(403, br#"{"code":"42501","message":"permission denied"}"#)) }
+        })
+        .await;
+        assert!(result.unwrap_err().refuses_every_message());
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        assert!(started.elapsed() < Duration::from_millis(100));
     }
 
     #[tokio::test]

@@ -62,9 +62,12 @@ impl Error {
             _ if status >= 500 => {
                 Error::Api { status, code: None, message: snippet(body), details: None, retry_after: None }
             }
-            // A body past the gateway's limit: whoever wrote the page, the request is at fault, and
-            // it would be refused unchanged for ever. Not transient, so a batch is split.
-            _ if status == 413 => {
+            // A refusal in a page of someone else's (a body limit's 413, a firewall rule's 403, a
+            // gateway's 401): whoever wrote it, the status still says what was refused, and
+            // `is_transient` and `refuses_every_message` read it as they read PostgREST's. A batch
+            // refused so is split like one PostgREST refused. A 404 or 405 page is not: that is a
+            // wrong URL or something else answering, as is a page with any other status.
+            _ if status >= 400 && !matches!(status, 404 | 405) => {
                 Error::Api { status, code: None, message: snippet(body), details: None, retry_after: None }
             }
             _ => Error::Unexpected(format!("{status} with {}", snippet(body))),
@@ -98,7 +101,7 @@ impl Error {
     /// ([`Error::is_schema_missing`]). Everything else (constraints, permissions) will fail the
     /// same way again, so the message is dead-lettered.
     pub fn is_transient(&self) -> bool {
-        if self.is_schema_missing() {
+        if self.is_schema_missing() || self.refuses_every_message() {
             return true;
         }
         match self {
@@ -119,6 +122,18 @@ impl Error {
     /// schema cache): a release that runs ahead of its migration. That is not the message's fault
     /// and waiting within one request will not fix it, so the message goes straight to the spool,
     /// and pushing the migration is the whole fix: replay then stores it.
+    /// Refused for something no message did: the key (401; a JWT PostgREST will not take,
+    /// `PGRST3xx`) or a grant the role lacks (`42501`). Every message would be refused alike (a
+    /// key rotated, a grant revoked), so none is dead-lettered or split for it: it waits in the
+    /// spool at once, readiness says why, and fixing the key or the grant is the whole recovery.
+    pub fn refuses_every_message(&self) -> bool {
+        match self {
+            Error::Api { status: 401, .. } => true,
+            Error::Api { code: Some(code), .. } => code == "42501" || code.starts_with("PGRST3"),
+            _ => false,
+        }
+    }
+
     pub fn is_schema_missing(&self) -> bool {
         matches!(
             self,
@@ -220,23 +235,42 @@ mod tests {
         // A 200, 404 or 307 page from something that is not PostgREST stores nothing.
         assert!(matches!(api(404, "<!doctype html><title>Not found</title>"), Error::Unexpected(_)));
         assert!(api(404, "<!doctype html>").is_transient());
-        assert!(api(400, "{}").is_transient(), "an empty JSON object is not PostgREST's error");
+        assert!(matches!(api(200, "<!doctype html>"), Error::Unexpected(_)));
     }
 
     #[test]
-    fn a_body_too_large_is_the_requests_fault_whoever_says_so() {
-        let too_large = api(413, "<html><center><h1>413 Request Entity Too Large</h1></center></html>");
-        assert!(matches!(too_large, Error::Api { status: 413, .. }));
-        assert!(!too_large.is_transient());
+    fn a_refusal_in_someone_elses_page_is_still_a_refusal() {
+        for refused in [
+            api(413, "<html><center><h1>413 Request Entity Too Large</h1></center></html>"),
+            api(403, "<html><body>Request blocked by rule 942100</body></html>"),
+            api(403, r#"{"blocked":"sql injection"}"#),
+            api(400, "{}"),
+        ] {
+            assert!(matches!(refused, Error::Api { .. }), "{refused}");
+            assert!(!refused.is_transient(), "a batch refused so is split: {refused}");
+            assert!(!refused.refuses_every_message(), "{refused}");
+        }
     }
 
     #[test]
     fn a_refusal_is_not() {
-        assert!(!api(403, r#"{"code":"42501","message":"permission denied for table jobs"}"#).is_transient());
         assert!(!api(409, r#"{"code":"23503","message":"violates foreign key"}"#).is_transient());
         assert!(!api(400, r#"{"code":"23514","message":"violates check constraint"}"#).is_transient());
-        assert!(!api(401, r#"{"message":"Invalid API key"}"#).is_transient());
         assert!(!api(500, r#"{"code":"22P02","message":"invalid input syntax"}"#).is_transient());
+    }
+
+    #[test]
+    fn a_key_or_a_grant_refuses_every_message_alike_and_waits_for_its_fix() {
+        for path in [
+            api(401, r#"{"message":"Invalid API key"}"#),
+            api(401, "<html>Unauthorized</html>"),
+            api(401, r#"{"code":"PGRST301","message":"JWSError JWSInvalidSignature"}"#),
+            api(403, r#"{"code":"42501","message":"permission denied for table jobs"}"#),
+        ] {
+            assert!(path.refuses_every_message(), "{path}");
+            assert!(path.is_transient(), "no message is dead-lettered for it: {path}");
+        }
+        assert!(!api(409, r#"{"code":"23505","message":"duplicate key"}"#).refuses_every_message());
     }
 
     #[test]

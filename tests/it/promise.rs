@@ -604,3 +604,28 @@ async fn a_segment_removed_under_the_service_takes_nothing_it_acknowledges_later
     replay(stack, &spool).await;
     assert_each_stored_once(stack, &sids_of(&later));
 }
+
+/// A grant revoked (or a key rotated) refuses every message alike. None is split for it or
+/// dead-lettered: each is spooled at once, well within its deadline, readiness says why, and
+/// restoring the grant is the whole recovery.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grant_revoked_spools_every_message_at_once_and_restoring_it_heals() {
+    let stack = Stack::start(Grants::None).unwrap();
+    let settings = Settings { replay_interval: Duration::from_millis(200), ..Settings::default() };
+    let app = spawn_app_at(&stack.url(), KeyKind::Secret, &temp_dir("spool"), settings, &[]).await;
+    stack.execute("revoke insert on table public.jobs from service_role").unwrap();
+    let messages: Vec<Params> = (0..40).map(|i| sms(&unique_phone(), &format!("while revoked {i}"))).collect();
+    let started = std::time::Instant::now();
+    let answers = futures_util::future::join_all(messages.iter().map(|m| app.post_signed(m))).await;
+    let took = started.elapsed();
+    assert!(answers.iter().all(|a| a.status() == 200));
+    assert!(took < Duration::from_millis(1_500), "40 messages waited {took:?} for a refusal that will not change");
+    assert_eq!(count(&stack, "select count(*) from dlq_jobs"), 0, "a grant revoked dead-lettered messages");
+    assert!(app.ingestor.spool_depth() > 0);
+    assert_not_ready(&app, &["42501"]).await;
+
+    stack.execute("grant insert on table public.jobs to service_role").unwrap();
+    assert!(app.wait_for_empty_spool(Duration::from_secs(30)).await, "the spool did not drain once the grant was back");
+    app.stop().await;
+    assert_each_stored_once(&stack, &sids_of(&messages));
+}
