@@ -313,3 +313,43 @@ async fn check_tells_a_stale_schema_cache_from_a_migration_not_pushed() {
     let line = check_ingest_line(&config, "ingest: ok").await;
     assert!(line.starts_with("ingest: ok"), "{line}");
 }
+
+/// `supabase/schema.sql` is the schema as the migrations leave it, so that a reader finds the
+/// current version of every table and function in one file rather than stitching migrations
+/// together. It is rendered from a stack's catalogs; when a migration changes the schema, this
+/// fails until the file is rendered again: `UPDATE_SCHEMA=1 cargo test --test it
+/// toolchain::supabase_schema_sql`.
+#[test]
+fn supabase_schema_sql_is_the_schema_the_migrations_leave() {
+    // PostgreSQL 17 is what hosted projects run; another major may render the same schema
+    // differently.
+    if devstack::pg_major() != "17" {
+        return;
+    }
+    let stack = Stack::start(Grants::None).unwrap();
+    let objects: Vec<String> = read_column(&stack, include_str!("schema_snapshot.sql")).into_iter().flatten().collect();
+    let rendered = format!(
+        "-- The schema as supabase/migrations leave it: generated, never edited by hand. The\n\
+         -- migrations are what is applied; this is what they add up to. Regenerate with\n\
+         -- `UPDATE_SCHEMA=1 cargo test --test it toolchain::supabase_schema_sql`.\n\n{}\n",
+        objects.join("\n\n")
+    );
+    let path = repo_root().join("supabase/schema.sql");
+    if std::env::var_os("UPDATE_SCHEMA").is_some() {
+        std::fs::write(&path, &rendered).unwrap();
+        return;
+    }
+    let committed = std::fs::read_to_string(&path).unwrap_or_default();
+    let first_difference = committed
+        .lines()
+        .zip(rendered.lines())
+        .position(|(a, b)| a != b)
+        .unwrap_or(committed.lines().count().min(rendered.lines().count()));
+    assert!(
+        committed == rendered,
+        "supabase/schema.sql is not what the migrations leave (first difference at line {}: {:?}); \
+         run `UPDATE_SCHEMA=1 cargo test --test it toolchain::supabase_schema_sql` and commit it",
+        first_difference + 1,
+        rendered.lines().nth(first_difference)
+    );
+}
