@@ -56,7 +56,7 @@ async fn flush(inner: &Inner, batch: Vec<Pending>) {
     let results = join_all(batch.iter().zip(deliveries).map(|(pending, delivery)| async move {
         match delivery {
             Delivery::Written(outcome) => Ok(outcome),
-            Delivery::Unwritten(why) => {
+            Delivery::Unwritten { why, .. } => {
                 tracing::warn!(message_sid = %pending.job.message_sid, %why, "not stored in Supabase in time; spooling");
                 inner.spool_payload(&pending.payload, pending.received_at).await.map(|()| Outcome::Spooled).map_err(IngestError::from)
             }

@@ -140,6 +140,9 @@ struct Inner {
     spool: Spool,
     known_users: KnownUsers,
     settings: Settings,
+    /// Set by a replay pass that stopped on a record refused for its content, not by an outage:
+    /// live messages then stop waiting behind the spool, which may not drain for a while.
+    replay_refused: std::sync::atomic::AtomicBool,
     /// Held by whichever pass is replaying the spool: one replayer per spool, always. (The spool's
     /// lock keeps other processes out; this keeps the background replay and `spool drain`'s own
     /// passes from replaying the same segments side by side.)
@@ -156,7 +159,14 @@ pub struct Workers {
 impl Ingestor {
     pub fn start(supabase: Supabase, spool: Spool, settings: Settings) -> (Ingestor, Workers) {
         let known_users = KnownUsers::new(settings.known_users, settings.known_user_ttl);
-        let inner = Arc::new(Inner { supabase, spool, known_users, settings, replaying: tokio::sync::Mutex::new(()) });
+        let inner = Arc::new(Inner {
+            supabase,
+            spool,
+            known_users,
+            settings,
+            replay_refused: std::sync::atomic::AtomicBool::new(false),
+            replaying: tokio::sync::Mutex::new(()),
+        });
         let (queue, receiver) = mpsc::channel(inner.settings.queue_capacity);
         let batcher = tokio::spawn(batcher::run(inner.clone(), receiver));
         let (stop_replay, stopped) = oneshot::channel();
@@ -196,8 +206,13 @@ impl Ingestor {
             Classified::Ignored => Ok((Outcome::Ignored, None)),
             Classified::Unusable(letter) => match self.inner.dead_letter(&letter, until).await {
                 Delivery::Written(outcome) => Ok((outcome, None)),
-                Delivery::Unwritten(_) => Ok((self.spool(&letter.payload, arrival.at).await?, None)),
+                Delivery::Unwritten { .. } => Ok((self.spool(&letter.payload, arrival.at).await?, None)),
             },
+            // A message received while the spool holds messages received before it goes behind
+            // them, so that none of those is still missing from the queue when its turn comes.
+            Classified::Job { message, .. } if self.inner.waits_behind_spool() => {
+                Ok((self.spool(&params.to_payload(), arrival.at).await?, Some(message)))
+            }
             Classified::Job { job, payload, message } => {
                 let (reply, answer) = oneshot::channel();
                 let pending = batcher::Pending { job, payload, received_at: arrival.at, until, reply };
@@ -292,6 +307,13 @@ pub(crate) fn classify(params: &Params, received_at: ReceivedAt) -> Classified {
 }
 
 impl Inner {
+    /// Whether a new message must go to the spool, behind the ones waiting there: while any
+    /// wait, unless replay is stuck on one refused for its content (order cannot be kept behind a
+    /// message nobody will take, and holding every later one would stop the queue).
+    fn waits_behind_spool(&self) -> bool {
+        self.spool.depth() > 0 && !self.replay_refused.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     async fn spool_payload(&self, payload: &Value, received_at: ReceivedAt) -> std::io::Result<()> {
         let record = SpoolRecord { payload: payload.clone(), received_at_us: Some(received_at.as_micros()) };
         let record = serde_json::to_vec(&record).expect("JSON always serialises");

@@ -22,7 +22,9 @@ use crate::twilio::Params;
 const CHUNK: usize = 200;
 /// How long one chunk of a replay may keep retrying before the replay stops and waits.
 const CHUNK_BUDGET: Duration = Duration::from_secs(10);
-const MAX_WAIT: Duration = Duration::from_secs(30);
+// At most this long between tries while Supabase stays away: live messages wait behind the spool,
+// so it must notice a recovery soon, and one chunk every few seconds is no load.
+const MAX_WAIT: Duration = Duration::from_secs(5);
 
 /// What one pass over the spool came to.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -52,8 +54,15 @@ pub(super) async fn run(inner: Arc<Inner>, mut stop: oneshot::Receiver<()>) {
                     "spool replay"
                 );
             }
-            // Back off while Supabase stays away, so an outage is not hammered.
-            wait = if report.stalled.is_some() { (wait * 2).min(MAX_WAIT) } else { inner.settings.replay_interval };
+            // Back off while Supabase stays away, so an outage is not hammered. A pass that made
+            // progress goes on at once: live messages wait behind what is left.
+            wait = if report.stalled.is_some() {
+                (wait * 2).min(MAX_WAIT)
+            } else if report.remaining > 0 && report.replayed > 0 {
+                Duration::ZERO
+            } else {
+                inner.settings.replay_interval
+            };
         }
         tokio::select! {
             _ = &mut stop => break,
@@ -66,6 +75,7 @@ pub(super) async fn drain(inner: &Inner) -> SpoolDrainReport {
     // A pass that waited for another finds what that one left.
     let _replayer = inner.replaying.lock().await;
     let mut report = SpoolDrainReport::default();
+    let mut stalled_by_refusal = false;
     let segments = match inner.spool.rotate().await {
         Ok(segments) => segments,
         Err(e) => {
@@ -85,8 +95,9 @@ pub(super) async fn drain(inner: &Inner) -> SpoolDrainReport {
             }
         };
         for chunk in segment.records.chunks(CHUNK) {
-            if let Err(why) = replay_chunk(inner, chunk).await {
+            if let Err((why, refused)) = replay_chunk(inner, chunk).await {
                 report.stalled = Some(why);
+                stalled_by_refusal = refused;
                 break 'segments;
             }
             report.replayed += chunk.len();
@@ -102,11 +113,14 @@ pub(super) async fn drain(inner: &Inner) -> SpoolDrainReport {
         }
     }
     report.remaining = inner.spool.depth();
+    inner.replay_refused.store(stalled_by_refusal, std::sync::atomic::Ordering::Relaxed);
     metrics::gauge!("spool_depth").set(report.remaining as f64);
     report
 }
 
-async fn replay_chunk(inner: &Inner, records: &[Vec<u8>]) -> Result<(), String> {
+/// Stores a chunk of records; on failure, why, and whether it was a refusal of a record's content
+/// rather than an outage.
+async fn replay_chunk(inner: &Inner, records: &[Vec<u8>]) -> Result<(), (String, bool)> {
     let until = Instant::now() + CHUNK_BUDGET;
     let mut jobs = Vec::new();
     let mut dead = Vec::new();
@@ -149,10 +163,10 @@ async fn replay_chunk(inner: &Inner, records: &[Vec<u8>]) -> Result<(), String> 
         );
     }
     match deliveries.into_iter().find_map(|d| match d {
-        Delivery::Unwritten(why) => Some(why),
+        Delivery::Unwritten { why, refused } => Some((why, refused)),
         Delivery::Written(_) => None,
     }) {
-        Some(why) => Err(why),
+        Some(failed) => Err(failed),
         None => Ok(()),
     }
 }

@@ -20,7 +20,12 @@ pub(super) struct Reason {
 pub(super) enum Delivery {
     Written(Outcome),
     /// Supabase could not take it in time, for the reason given; the message must go to the spool.
-    Unwritten(String),
+    /// `refused`: it was refused for its content, not kept out by an outage (or a key or grant
+    /// that refuses every message alike), so trying again unchanged will not help.
+    Unwritten {
+        why: String,
+        refused: bool,
+    },
 }
 
 impl Inner {
@@ -70,7 +75,7 @@ impl Inner {
                 }
                 Err(e) if e.is_transient() => {
                     for i in range {
-                        deliveries[i] = Some(Delivery::Unwritten(e.to_string()));
+                        deliveries[i] = Some(Delivery::Unwritten { why: e.to_string(), refused: false });
                     }
                 }
                 Err(_) if range.len() > 1 => {
@@ -124,7 +129,7 @@ impl Inner {
             }
             Err(e) => {
                 tracing::error!(message_sid, error = %e, "could not dead-letter");
-                Delivery::Unwritten(e.to_string())
+                Delivery::Unwritten { why: e.to_string(), refused: !e.is_transient() }
             }
         }
     }

@@ -6,8 +6,10 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use devstack::{Grants, KeyKind, Stack};
+use devstack::{FaultMode, FaultProxy, Grants, KeyKind, Stack};
 use serde_json::json;
+use twilio_ingest::ingest::Settings;
+use twilio_ingest::twilio::Params;
 
 use crate::helpers::*;
 use crate::queue::{enqueue, id, interleaved, Worker};
@@ -204,4 +206,48 @@ async fn the_queue_refuses_arguments_it_cannot_honour_and_keeps_what_it_can() {
         [Some("1".to_owned())],
         "the first result given counts"
     );
+}
+
+/// After an outage, a channel's messages that waited it out in the spool are handed out before
+/// the ones received after Supabase came back: a new message goes behind the spool while any
+/// message waits there. (The replay here runs only when the test says, so that a worker has all
+/// the time it wants to take a newer message first, if one were there to take.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_received_after_an_outage_go_after_those_that_waited_it_out() {
+    let stack = Stack::start(Grants::None).unwrap();
+    let proxy = FaultProxy::start(stack.gateway_port);
+    proxy.set(FaultMode::Cloudflare522);
+    let settings = Settings { replay_interval: Duration::from_secs(3600), ..Settings::default() };
+    let url = format!("http://127.0.0.1:{}", proxy.port);
+    let app = spawn_app_at(&url, KeyKind::Secret, &temp_dir("spool"), settings, &[("INGEST_DEADLINE_MS", "800")]).await;
+    let sender = unique_phone();
+    let during: Vec<Params> = (0..4).map(|i| sms(&sender, &format!("during the outage {i}"))).collect();
+    let after: Vec<Params> = (0..4).map(|i| sms(&sender, &format!("after it {i}"))).collect();
+    for m in &during {
+        assert_eq!(app.post_signed(m).await.status(), 200);
+    }
+    proxy.set(FaultMode::Pass);
+    for m in &after {
+        assert_eq!(app.post_signed(m).await.status(), 200);
+    }
+    let worker = Worker::new(&stack, KeyKind::Secret, "eager");
+    let mut handed_out = Vec::new();
+    take_for(&worker, &mut handed_out, Duration::from_secs(1)).await;
+    let replayed = app.ingestor.drain_spool().await;
+    assert_eq!((replayed.replayed, replayed.remaining), (8, 0), "every message went through the spool, in order");
+    take_for(&worker, &mut handed_out, Duration::from_secs(10)).await;
+    app.stop().await;
+    assert_eq!(handed_out, sids_of(&[during, after].concat()), "the channel's order across the outage");
+}
+
+/// A worker that takes whatever can go the moment it is there, for `limit` or until 8 jobs.
+async fn take_for(worker: &Worker, handed_out: &mut Vec<String>, limit: Duration) {
+    let until = Instant::now() + limit;
+    while handed_out.len() < 8 && Instant::now() < until {
+        for job in worker.claim(1, 60).await {
+            handed_out.push(job["message_sid"].as_str().unwrap().to_owned());
+            worker.complete(&[id(&job)]).await;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
