@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 use devstack::{FaultMode, FaultProxy, Grants, KeyKind, Stack};
 use futures_util::StreamExt as _;
 use twilio_ingest::ingest::Settings;
-use twilio_ingest::supabase::Supabase;
 
 use crate::helpers::*;
 
@@ -248,10 +247,7 @@ async fn dlq_replay_moves_fixed_dead_letters_into_jobs_once_even_run_twice() {
     }
     assert_eq!(count(&stack, "select count(*) from dlq_jobs where error_kind = 'rejected' and replayed_at is null"), 5);
 
-    let supabase = Supabase::new(
-        &stack.url(),
-        &twilio_ingest::supabase::ServiceKey::parse(&KeyKind::LegacyJwt.service_key()).unwrap(),
-    );
+    let supabase = supabase_client(&stack, KeyKind::LegacyJwt);
     let still_broken = twilio_ingest::dlq::replay(&supabase, 100).await.unwrap();
     assert_eq!(still_broken.replayed.len(), 0);
     assert_eq!(still_broken.still_failing.len(), 5);

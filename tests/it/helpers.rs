@@ -193,6 +193,13 @@ pub fn group_message(conversation: &str, author: &str, body: &str) -> Params {
     Params::from_pairs(devstack::conversation_params(&unique("IM"), conversation, author, body, 0))
 }
 
+/// The service's own Supabase client for `stack`, with a service key of `key`'s kind: for tests
+/// that call what the service calls (ingest functions, dead-letter replay) directly.
+pub fn supabase_client(stack: &Stack, key: KeyKind) -> twilio_ingest::supabase::Supabase {
+    let key = twilio_ingest::supabase::ServiceKey::parse(&key.service_key()).expect("a test key parses");
+    twilio_ingest::supabase::Supabase::new(&stack.url(), &key)
+}
+
 /// The first column of each row a query returns, as text.
 pub fn read_column(stack: &Stack, sql: &str) -> Vec<Option<String>> {
     stack.query(sql).expect("the query runs")

@@ -334,10 +334,7 @@ async fn dlq_replay_makes_progress_past_letters_that_keep_failing() {
             ))
             .unwrap();
     }
-    let supabase = twilio_ingest::supabase::Supabase::new(
-        &stack.url(),
-        &twilio_ingest::supabase::ServiceKey::parse(&KeyKind::Secret.service_key()).unwrap(),
-    );
+    let supabase = supabase_client(&stack, KeyKind::Secret);
     let first = twilio_ingest::dlq::replay(&supabase, 1000).await.unwrap();
     assert_eq!((first.replayed.len(), first.still_failing.len()), (0, 1000));
     let second = twilio_ingest::dlq::replay(&supabase, 1000).await.unwrap();
@@ -449,13 +446,6 @@ async fn spool_drain_keeps_its_deadline_while_supabase_hangs() {
     assert!(drained.last_stall.is_some());
 }
 
-fn supabase_of(stack: &Stack) -> twilio_ingest::supabase::Supabase {
-    twilio_ingest::supabase::Supabase::new(
-        &stack.url(),
-        &twilio_ingest::supabase::ServiceKey::parse(&KeyKind::Secret.service_key()).unwrap(),
-    )
-}
-
 /// A dead letter as the service writes one when a grant was revoked: replayable once fixed.
 fn rejected_letter(stack: &Stack, message: &Params, received_at: &str) {
     let payload = serde_json::to_string(&message.to_payload()).unwrap().replace('\'', "''");
@@ -498,7 +488,7 @@ async fn times_from_a_database_outside_utc_are_read_as_the_same_moments() {
     tokio::time::timeout(Duration::from_secs(10), reconnected).await.expect("PostgREST reconnects");
     let message = sms(&unique_phone(), "from a New York database");
     rejected_letter(&stack, &message, "2026-01-02T03:04:05.678901Z");
-    let replayed = twilio_ingest::dlq::replay(&supabase_of(&stack), 10).await.unwrap();
+    let replayed = twilio_ingest::dlq::replay(&supabase_client(&stack, KeyKind::Secret), 10).await.unwrap();
     assert_eq!(replayed.replayed.len(), 1);
     let at = read_column(
         &stack,
@@ -537,7 +527,7 @@ async fn deleting_a_user_deletes_their_dead_letters_so_no_replay_brings_them_bac
     }
     stack.execute(&format!("delete from users where phone_number = '{phone}'")).unwrap();
     assert_eq!(count(&stack, "select count(*) from dlq_jobs"), 1, "only the other sender's letter is left");
-    let replayed = twilio_ingest::dlq::replay(&supabase_of(&stack), 10).await.unwrap();
+    let replayed = twilio_ingest::dlq::replay(&supabase_client(&stack, KeyKind::Secret), 10).await.unwrap();
     assert_eq!(replayed.replayed.len(), 1);
     assert_eq!(jobs_with_sid(&stack, &sid_of(&someone_else)), 1);
     assert_eq!(count(&stack, &format!("select count(*) from users where phone_number = '{phone}'")), 0);

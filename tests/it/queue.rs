@@ -11,7 +11,7 @@ use devstack::{jwt, Grants, KeyKind, Stack, PUBLISHABLE_KEY};
 use rand::seq::SliceRandom as _;
 use serde_json::{json, Value};
 use twilio_ingest::ingest::{Arrival, ReceivedAt};
-use twilio_ingest::supabase::{EncodedJob, NewJob, Supabase};
+use twilio_ingest::supabase::{EncodedJob, NewJob};
 
 use crate::helpers::*;
 
@@ -103,10 +103,7 @@ pub(crate) async fn enqueue(stack: &Stack, arrivals: &[(String, i64)]) -> Vec<St
         .collect();
     let sids = jobs.iter().map(|j| j.message_sid.clone()).collect();
     jobs.shuffle(&mut rand::thread_rng());
-    let supabase = Supabase::new(
-        &stack.url(),
-        &twilio_ingest::supabase::ServiceKey::parse(&KeyKind::Secret.service_key()).unwrap(),
-    );
+    let supabase = supabase_client(stack, KeyKind::Secret);
     for batch in jobs.chunks(200) {
         let batch: Vec<&EncodedJob> = batch.iter().collect();
         supabase.ingest_inbound(&batch, Duration::from_secs(30)).await.unwrap();

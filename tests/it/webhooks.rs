@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use devstack::{jwt, Grants, KeyKind, Stack, PUBLISHABLE_KEY};
 use twilio_ingest::ingest::{Arrival, Outcome, ReceivedAt};
-use twilio_ingest::supabase::{EncodedJob, NewJob, ServiceKey, Supabase};
+use twilio_ingest::supabase::{EncodedJob, NewJob};
 use twilio_ingest::twilio::Params;
 
 use crate::helpers::*;
@@ -191,7 +191,7 @@ fn dm_job(phone: &str) -> EncodedJob {
 async fn a_batch_reports_the_messages_that_already_had_a_job() {
     let stack = shared_stack(Grants::None);
     for kind in [KeyKind::LegacyJwt, KeyKind::Secret] {
-        let supabase = Supabase::new(&stack.url(), &ServiceKey::parse(&kind.service_key()).unwrap());
+        let supabase = supabase_client(stack, kind);
         let phone = unique_phone();
         let (a, b, c) = (dm_job(&phone), dm_job(&phone), dm_job(&phone));
         let timeout = Duration::from_secs(5);
@@ -208,7 +208,7 @@ async fn a_batch_reports_the_messages_that_already_had_a_job() {
 #[tokio::test]
 async fn ingest_jobs_refuses_a_batch_with_a_user_not_stored_and_writes_nothing() {
     let stack = shared_stack(Grants::None);
-    let supabase = Supabase::new(&stack.url(), &ServiceKey::parse(&KeyKind::Secret.service_key()).unwrap());
+    let supabase = supabase_client(stack, KeyKind::Secret);
     let (stored, missing) = (unique_phone(), unique_phone());
     stack.execute(&format!("insert into users (phone_number) values ('{stored}')")).unwrap();
     let (a, b) = (dm_job(&stored), dm_job(&missing));
